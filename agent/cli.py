@@ -1,0 +1,144 @@
+"""``school-agent``: the command a school's IT person runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from agent import __version__
+from agent.broker import BrokerError
+from agent.config_file import ConfigError, load_settings
+from agent.contract import SpeedMeasurement, SpeedResult
+from agent.settings import AgentSettings
+from agent.speed import SilentProgress, SpeedTester, TerminalProgress
+
+EXIT_CONFIG = 2
+EXIT_BROKER = 3
+EXIT_TEST_FAILED = 1
+
+log = logging.getLogger("agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("SCHOOL_AGENT_CONFIG"),
+        metavar="PATH",
+        help="TOML config file (default: $SCHOOL_AGENT_CONFIG; environment variables "
+        "SCHOOL_AGENT_* override the file)",
+    )
+    common.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="override the log_level setting",
+    )
+    parser = argparse.ArgumentParser(
+        prog="school-agent",
+        description="Measure this school's internet speed and publish the results over MQTT.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"school-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="run the agent (the daemon)",
+        description="Run the agent: publish its status, test the speed on schedule, "
+        "until stopped with SIGTERM or Ctrl-C.",
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="measure everything once, wait until the broker acknowledged every message, exit",
+    )
+
+    test = commands.add_parser(
+        "speedtest",
+        parents=[common],
+        help="run one speed test and print the result (publishes nothing)",
+        description="Run one speed test against the configured server and print the result. "
+        "Needs no school_id or broker: use it to check a link before setting up.",
+    )
+    test.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(AgentSettings, args.config)
+    except ConfigError as exc:
+        print(f"school-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=args.log_level or settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "speedtest":
+        return _speedtest(settings, as_json=args.json)
+    return _run(settings, once=args.once)
+
+
+def _run(settings: AgentSettings, *, once: bool) -> int:
+    from agent.daemon import Agent  # noqa: PLC0415 - keeps `--help` and `speedtest` light
+
+    try:
+        agent = Agent(settings)
+    except ConfigError as exc:
+        print(f"school-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if not once:
+        agent.run_forever()
+        return 0
+    progress = TerminalProgress() if sys.stderr.isatty() else SilentProgress()
+    try:
+        summary = agent.run_once(progress)
+    except BrokerError as exc:
+        print(f"school-agent: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    print(_describe(summary.speed))
+    print(f"Published  {summary.messages_acknowledged} messages, all acknowledged by the broker")
+    return 0
+
+
+def _speedtest(settings: AgentSettings, *, as_json: bool) -> int:
+    progress = TerminalProgress() if sys.stderr.isatty() and not as_json else SilentProgress()
+    measurement = SpeedTester(settings.speedtest).measure(progress).measurement
+    if as_json:
+        print(measurement.model_dump_json())
+    else:
+        print(_describe(measurement))
+    return 0 if measurement.result is SpeedResult.SUCCESS else EXIT_TEST_FAILED
+
+
+def _describe(m: SpeedMeasurement) -> str:
+    server = f"{m.server.name} ({m.server.kind.value}, id {m.server.id})" if m.server else "none"
+    lines = [f"Server     {server}"]
+    if m.result is not SpeedResult.SUCCESS:
+        lines.append(f"Failed     {m.result.value} (code {m.result_code}): {m.error}")
+        return "\n".join(lines)
+    verdict = "meets" if m.meets_threshold else "is BELOW"
+    lines += [
+        f"Latency    {m.latency_ms:.1f} ms",
+        f"Download   {m.download_mbps:.2f} Mbps",
+        f"Upload     {m.upload_mbps:.2f} Mbps",
+        f"Moved      {(m.bytes_received + m.bytes_sent) / 1e6:.1f} MB in {m.duration_s:.1f} s",
+        f"Verdict    {verdict} the {m.threshold_mbps:g} Mbps standard",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,344 @@
+"""The MQTT wire contract shared by the agent and the collector.
+
+Every message is a JSON object carrying ``schema_version``, ``message_id``,
+``school_id``, ``agent_id`` and ``measured_at``. Topics live under a
+configurable root with one subtree per school::
+
+    <root>/<school_id>/speed     one speed test result            (QoS 1)
+    <root>/<school_id>/devices   safety-device states             (QoS 1)
+    <root>/<school_id>/agent     agent status, retained; Last Will (QoS 1)
+
+The collector republishes anything it cannot accept as a :class:`DeadLetter`.
+Models are strict: unknown fields are rejected, numbers must be JSON numbers,
+finite and in range, times must carry a UTC offset. Upgrade the collector
+before the agents when the contract grows.
+
+>>> report = SpeedReport.model_validate_json(payload)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_TOPIC_ROOT = "schools"
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_ID_RE = re.compile(_ID_PATTERN)
+
+SchoolId = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
+AgentId = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
+DeviceId = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
+MessageId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+ShortText = Annotated[str, StringConstraints(max_length=200)]
+ResultName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+Mbps = Annotated[float, Field(ge=0, le=100_000)]
+Millis = Annotated[float, Field(ge=0, le=3_600_000)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+ByteCount = Annotated[int, Field(ge=0, le=10**15)]
+
+
+def is_valid_id(value: str) -> bool:
+    """True when ``value`` may be used as a school, agent or device id."""
+    return bool(_ID_RE.match(value))
+
+
+def new_message_id() -> str:
+    """A fresh message id: 32 lowercase hex digits (a UUID4 without dashes)."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TopicKind(StrEnum):
+    SPEED = "speed"
+    DEVICES = "devices"
+    AGENT = "agent"
+
+
+def topic_for(root: str, school_id: str, kind: TopicKind) -> str:
+    """``schools/<school_id>/<kind>`` under the configured root."""
+    return f"{root}/{school_id}/{kind.value}"
+
+
+def subscription_for(root: str) -> str:
+    """The wildcard the collector subscribes to: every kind of every school."""
+    return f"{root}/+/+"
+
+
+def parse_topic(root: str, topic: str) -> tuple[str, TopicKind] | None:
+    """Split ``<root>/<school_id>/<kind>``; None when the topic is not ours."""
+    prefix = root + "/"
+    if not topic.startswith(prefix):
+        return None
+    parts = topic[len(prefix) :].split("/")
+    if len(parts) != 2 or not is_valid_id(parts[0]):
+        return None
+    try:
+        return parts[0], TopicKind(parts[1])
+    except ValueError:
+        return None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+
+class Envelope(_Strict):
+    """Fields every message carries."""
+
+    schema_version: Literal[1] = 1
+    message_id: MessageId = Field(default_factory=new_message_id)
+    school_id: SchoolId
+    agent_id: AgentId
+    measured_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+# ---------------------------------------------------------------- speed ----
+
+
+class SpeedResult(StrEnum):
+    """Outcome of one speed test; ``SPEED_RESULT_CODES`` gives its number."""
+
+    SUCCESS = "success"
+    DNS_ERROR = "dns_error"
+    CONNECTION_FAILED = "connection_failed"
+    TIMEOUT = "timeout"
+    HTTP_ERROR = "http_error"
+    INVALID_SERVER = "invalid_server"
+    NO_DATA = "no_data"
+    CONFIG_UNAVAILABLE = "config_unavailable"
+    NO_SERVERS = "no_servers"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+
+SPEED_RESULT_CODES: dict[SpeedResult, int] = {
+    SpeedResult.SUCCESS: 0,
+    SpeedResult.DNS_ERROR: 1,
+    SpeedResult.CONNECTION_FAILED: 2,
+    SpeedResult.TIMEOUT: 3,
+    SpeedResult.HTTP_ERROR: 4,
+    SpeedResult.INVALID_SERVER: 5,
+    SpeedResult.NO_DATA: 6,
+    SpeedResult.CONFIG_UNAVAILABLE: 7,
+    SpeedResult.NO_SERVERS: 8,
+    SpeedResult.CANCELLED: 9,
+    SpeedResult.INTERNAL_ERROR: 99,
+}
+
+
+class ServerKind(StrEnum):
+    OOKLA = "ookla"
+    SELF_HOSTED = "self_hosted"
+
+
+class SpeedServer(_Strict):
+    """The server a test ran against. ``id`` is Ookla's id or the self-hosted name."""
+
+    kind: ServerKind
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+    name: ShortText
+    url: Annotated[str, StringConstraints(max_length=500)]
+
+
+class SpeedMeasurement(_Strict):
+    """One speed test: figures on success, ``result``/``result_code`` always."""
+
+    result: SpeedResult
+    result_code: int
+    threshold_mbps: Mbps
+    download_mbps: Mbps | None = None
+    upload_mbps: Mbps | None = None
+    latency_ms: Millis | None = None
+    meets_threshold: bool | None = None
+    bytes_received: ByteCount = 0
+    bytes_sent: ByteCount = 0
+    duration_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
+    server: SpeedServer | None = None
+    error: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+    @model_validator(mode="after")
+    def _figures_match_result(self) -> Self:
+        if self.result_code != SPEED_RESULT_CODES[self.result]:
+            raise ValueError(
+                f"result_code {self.result_code} does not match result {self.result.value!r}"
+            )
+        figures = (self.download_mbps, self.upload_mbps, self.latency_ms, self.meets_threshold)
+        if self.result is SpeedResult.SUCCESS:
+            if self.download_mbps is None or any(f is None for f in figures):
+                raise ValueError("a successful test carries download, upload, latency and verdict")
+            if self.meets_threshold != (self.download_mbps >= self.threshold_mbps):
+                raise ValueError("meets_threshold disagrees with download_mbps and threshold_mbps")
+        elif any(f is not None for f in figures):
+            raise ValueError("a failed test carries no speed figures")
+        return self
+
+    @classmethod
+    def failed(
+        cls,
+        result: SpeedResult,
+        error: str,
+        *,
+        threshold_mbps: float,
+        server: SpeedServer | None = None,
+        duration_s: float = 0.0,
+        bytes_received: int = 0,
+        bytes_sent: int = 0,
+    ) -> SpeedMeasurement:
+        return cls(
+            result=result,
+            result_code=SPEED_RESULT_CODES[result],
+            threshold_mbps=threshold_mbps,
+            server=server,
+            duration_s=duration_s,
+            bytes_received=bytes_received,
+            bytes_sent=bytes_sent,
+            error=error[:500],
+        )
+
+
+class SpeedReport(Envelope, SpeedMeasurement):
+    """Published on ``<root>/<school_id>/speed``; ``measured_at`` is the test's start."""
+
+    @classmethod
+    def of(
+        cls, measurement: SpeedMeasurement, *, school_id: str, agent_id: str, measured_at: datetime
+    ) -> SpeedReport:
+        fields = {name: getattr(measurement, name) for name in SpeedMeasurement.model_fields}
+        return cls(school_id=school_id, agent_id=agent_id, measured_at=measured_at, **fields)
+
+
+# -------------------------------------------------------------- devices ----
+
+
+class DeviceKind(StrEnum):
+    PANIC_BUTTON = "panic_button"
+    TURNSTILE = "turnstile"
+    POLICE_LINK = "police_link"
+    CAMERA = "camera"
+    OTHER = "other"
+
+
+class DeviceState(StrEnum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    LATE = "late"
+    DOWN = "down"
+
+
+class DeviceObservation(_Strict):
+    device_id: DeviceId
+    kind: DeviceKind
+    state: DeviceState
+    result: ResultName
+    result_code: Annotated[int, Field(ge=0, le=999)]
+    response_ms: Millis | None = None
+
+
+class DevicesReport(Envelope):
+    """Published on ``<root>/<school_id>/devices``."""
+
+    boot_id: MessageId
+    sequence: Annotated[int, Field(ge=0)]
+    devices: Annotated[list[DeviceObservation], Field(max_length=1000)]
+
+
+# ---------------------------------------------------------------- agent ----
+
+
+class HostHealth(_Strict):
+    cpu_percent: Percent
+    memory_percent: Percent
+    memory_available_bytes: ByteCount
+    disk_percent: Percent
+    disk_free_bytes: ByteCount
+    uptime_s: Annotated[int, Field(ge=0)]
+    load_1m: Annotated[float, Field(ge=0, le=10_000)] | None = None
+    temperature_c: Annotated[float, Field(ge=-60, le=200)] | None = None
+
+
+class AgentState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class StatusReason(StrEnum):
+    STARTED = "started"
+    HEARTBEAT = "heartbeat"
+    STOPPED = "stopped"
+    CONNECTION_LOST = "connection_lost"
+
+
+class AgentStatus(Envelope):
+    """Retained on ``<root>/<school_id>/agent``.
+
+    The Last Will carries ``status=offline, reason=connection_lost``; since a
+    will's time cannot be known when it is registered, the collector stores it
+    at the time it arrives.
+    """
+
+    status: AgentState
+    reason: StatusReason
+    version: Annotated[str, StringConstraints(max_length=40)]
+    boot_id: MessageId
+    host: HostHealth | None = None
+
+    @model_validator(mode="after")
+    def _online_carries_health(self) -> Self:
+        if self.status is AgentState.ONLINE and self.host is None:
+            raise ValueError("an online status carries host health")
+        return self
+
+
+MESSAGE_MODELS: dict[TopicKind, type[Envelope]] = {
+    TopicKind.SPEED: SpeedReport,
+    TopicKind.DEVICES: DevicesReport,
+    TopicKind.AGENT: AgentStatus,
+}
+
+
+# ---------------------------------------------------------- dead letter ----
+
+
+class RejectReason(StrEnum):
+    """Why the collector refused a message; every rejection is counted by reason."""
+
+    OVERSIZE = "oversize"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    SCHEMA_VIOLATION = "schema_violation"
+    UNKNOWN_TOPIC = "unknown_topic"
+    SCHOOL_MISMATCH = "school_mismatch"
+    INFLUX_REJECTED = "influx_rejected"
+
+
+class DeadLetter(_Strict):
+    """What the collector republishes on its dead-letter topic."""
+
+    schema_version: Literal[1] = 1
+    topic: str
+    reason: RejectReason
+    detail: str
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    received_at: AwareDatetime
+    collector_id: str

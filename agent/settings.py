@@ -1,0 +1,89 @@
+"""The agent's settings: environment ``SCHOOL_AGENT_*`` (``__`` nests) and a TOML file.
+
+Every setting is listed, with its default, in the README and in
+``agent/agent.sample.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from agent.broker import BrokerSettings
+from agent.config_file import FileSettings, require
+from agent.contract import DEFAULT_TOPIC_ROOT, AgentId, SchoolId
+
+ENV_PREFIX = "SCHOOL_AGENT_"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def default_state_dir() -> Path:
+    """systemd's ``$STATE_DIRECTORY`` when set, else ``~/.local/state/school-agent``."""
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0])
+    return Path.home() / ".local" / "state" / "school-agent"
+
+
+def check_topic_root(value: str) -> str:
+    if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#"):
+        raise ValueError("topic root must be non-empty, without wildcards or outer slashes")
+    return value
+
+
+TopicRoot = Annotated[str, AfterValidator(check_topic_root)]
+
+
+class AgentMqttSettings(BrokerSettings):
+    topic_root: TopicRoot = DEFAULT_TOPIC_ROOT
+    ack_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class SpeedtestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    server_url: str | None = None
+    server_name: str | None = None
+    threshold_mbps: float = Field(default=20.0, gt=0, le=100_000)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    interval_hours: float = Field(default=6.0, gt=0, le=24 * 31)
+
+    @field_validator("server_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL of a speed server, got {value!r}")
+        return value
+
+    @field_validator("server_name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("-", "").replace(".", "").isalnum():
+            raise ValueError("use letters, digits, dots and dashes only")
+        return value
+
+
+class AgentSettings(FileSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
+    )
+    env_prefix_for_help: ClassVar[str] = ENV_PREFIX
+
+    school_id: SchoolId | None = None
+    agent_id: AgentId | None = None
+    state_dir: Path = Field(default_factory=default_state_dir)
+    status_interval_s: float = Field(default=300.0, ge=5, le=86_400)
+    log_level: LogLevel = "INFO"
+    mqtt: AgentMqttSettings = Field(default_factory=AgentMqttSettings)
+    speedtest: SpeedtestSettings = Field(default_factory=SpeedtestSettings)
+
+    def require_for_run(self) -> None:
+        """The daemon needs to know who it is and where to publish."""
+        require(self, "school_id", "mqtt.url", env_prefix=ENV_PREFIX)

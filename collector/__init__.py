@@ -1,0 +1,1 @@
+"""school-monitor collector: validates agents' MQTT messages and stores them in InfluxDB."""

@@ -1,0 +1,121 @@
+"""``school-collector``: the command the ministry's server team runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config_file import ConfigError, load_settings
+from collector import speed_server
+from collector.settings import CollectorSettings
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("SCHOOL_COLLECTOR_CONFIG"),
+        metavar="PATH",
+        help="TOML config file (default: $SCHOOL_COLLECTOR_CONFIG; environment variables "
+        "SCHOOL_COLLECTOR_* override the file)",
+    )
+    common.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override log_level"
+    )
+    parser = argparse.ArgumentParser(
+        prog="school-collector",
+        description="Receive school agents' MQTT messages, validate them, store them in InfluxDB.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"school-collector {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run",
+        parents=[common],
+        help="run the collector until SIGTERM or Ctrl-C",
+        description="Subscribe to every school's topics on a persistent QoS 1 session, write "
+        "points to InfluxDB in batches, acknowledge each message once it is stored.",
+    )
+    query = commands.add_parser(
+        "query",
+        parents=[common],
+        help="run an InfluxQL query against the configured InfluxDB",
+        description="Run InfluxQL against influx.url / influx.database and print the result.",
+    )
+    query.add_argument(
+        "influxql", help='for example: SELECT * FROM "speed" ORDER BY time DESC LIMIT 5'
+    )
+    query.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    server = commands.add_parser(
+        "speed-server",
+        help="serve the self-hosted speed-test protocol (Speedtest Mini) for agents",
+        description="A speed server agents can test against (speedtest.server_url).",
+    )
+    speed_server.add_arguments(server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "speed-server":
+        logging.basicConfig(level=args.log_level or "INFO")
+        return speed_server.serve(args.host, args.port)
+    try:
+        settings = load_settings(CollectorSettings, args.config)
+    except ConfigError as exc:
+        print(f"school-collector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=args.log_level or settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "query":
+        return _query(settings, args.influxql, args.format)
+    from collector.service import run_collector  # noqa: PLC0415 - keep --help fast
+
+    return run_collector(settings)
+
+
+def _query(settings: CollectorSettings, influxql: str, fmt: str) -> int:
+    from collector.influx import InfluxError  # noqa: PLC0415
+    from collector.influx.query import InfluxQL  # noqa: PLC0415
+
+    client = InfluxQL(settings.influx)
+    try:
+        found = client.query(influxql, epoch=None)
+    except InfluxError as exc:
+        print(f"school-collector: query failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
+    if fmt == "json":
+        print(json.dumps([{"name": s.name, "tags": s.tags, "rows": s.rows()} for s in found]))
+        return 0
+    if not found:
+        print("(no rows)")
+    for series in found:
+        title = series.name + "".join(f" {k}={v}" for k, v in sorted(series.tags.items()))
+        print(f"== {title}")
+        print(_table(series.columns, series.values))
+    return 0
+
+
+def _table(columns: list[str], values: list[list[Any]]) -> str:
+    cells = [columns] + [["" if v is None else str(v) for v in row] for row in values]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""Writing to InfluxDB (v1 ``/write``, or v2 through influxdb-client) and querying with InfluxQL."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from collector.influx.errors import InfluxError, InfluxRejected, InfluxUnavailable
+from collector.settings import InfluxSettings
+
+
+class InfluxWriter(Protocol):
+    def write(self, lines: list[str]) -> None:
+        """Store the lines or raise InfluxRejected / InfluxUnavailable."""
+
+    def ensure_database(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_writer(settings: InfluxSettings) -> InfluxWriter:
+    if settings.api == "v2":
+        from collector.influx.v2 import V2Writer  # noqa: PLC0415 - influxdb-client only when used
+
+        return V2Writer(settings)
+    from collector.influx.v1 import V1Writer  # noqa: PLC0415
+
+    return V1Writer(settings)
+
+
+__all__ = ["InfluxError", "InfluxRejected", "InfluxUnavailable", "InfluxWriter", "make_writer"]

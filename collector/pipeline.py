@@ -1,0 +1,215 @@
+"""Batches received messages into InfluxDB and acknowledges each only once it is stored.
+
+One thread runs :meth:`Pipeline.run`. For each batch it decodes every message,
+writes the points, sends rejects to the dead-letter topic, and only then
+acknowledges the MQTT messages. While InfluxDB is unavailable the batch is
+retried with growing, jittered delays and nothing is acknowledged, so the
+broker stops sending once the collector's receive window is full.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from agent.contract import DeadLetter, RejectReason
+from collector.counters import Counters
+from collector.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
+from collector.intake import Rejection, decode
+from collector.points import PointMaker
+from collector.settings import CollectorSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One MQTT message as received; ``generation`` names the connection it came on."""
+
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    generation: int
+    arrived_ns: int
+
+
+class Outlet(Protocol):
+    """The MQTT side the pipeline answers through."""
+
+    def is_current(self, item: Incoming) -> bool: ...
+    def ack(self, item: Incoming) -> None: ...
+    def dead_letter(self, letters: list[DeadLetter]) -> bool: ...
+
+
+@dataclass
+class _Batch:
+    items: list[Incoming]
+    lines: list[tuple[str, int]]  # line protocol, index of the item it came from
+    rejects: dict[int, Rejection]
+
+
+class Pipeline:
+    def __init__(self, writer: InfluxWriter, settings: CollectorSettings) -> None:
+        self._writer = writer
+        self._settings = settings
+        self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._points = PointMaker()
+        self.counters = Counters()
+
+    # -- called from the MQTT network thread ------------------------------
+
+    def submit(self, item: Incoming) -> None:
+        self._queue.put(item)
+
+    # -- called from anywhere --------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- the pipeline thread ----------------------------------------------
+
+    def run(self, outlet: Outlet) -> None:
+        next_stats = time.monotonic() + self._settings.stats_interval_s
+        while not self._stopping.is_set():
+            batch = self._collect(outlet)
+            if batch.items:
+                self._process(batch, outlet)
+            if time.monotonic() >= next_stats:
+                self._write_stats()
+                next_stats = time.monotonic() + self._settings.stats_interval_s
+        self._write_stats()
+        log.info("collector stopped: %s", self.counters.summary())
+
+    def _collect(self, outlet: Outlet) -> _Batch:
+        """Up to ``batch.max_points`` lines, within ``batch.max_wait_s`` of the first."""
+        batch = _Batch([], [], {})
+        limits = self._settings.batch
+        deadline: float | None = None
+        while len(batch.lines) < limits.max_points and not self._stopping.is_set():
+            timeout = 0.25 if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                if deadline is None:
+                    return batch
+                continue
+            if not outlet.is_current(item):
+                continue  # received before a reconnect; the broker sends it again
+            deadline = deadline or time.monotonic() + limits.max_wait_s
+            self._add(batch, item)
+        return batch
+
+    def _add(self, batch: _Batch, item: Incoming) -> None:
+        index = len(batch.items)
+        batch.items.append(item)
+        self.counters.add(received=1)
+        mqtt = self._settings.mqtt
+        decoded = decode(mqtt.topic_root, item.topic, item.payload, mqtt.max_payload_bytes)
+        if isinstance(decoded, Rejection):
+            batch.rejects[index] = decoded
+            return
+        batch.lines.extend(
+            (line, index) for line in self._points.lines(decoded.message, item.arrived_ns)
+        )
+
+    def _process(self, batch: _Batch, outlet: Outlet) -> None:
+        refused = self._write(batch.lines)
+        if refused is None:
+            return  # stopping during an outage: acknowledge nothing, the broker keeps it all
+        for index, reason in refused.items():
+            batch.rejects.setdefault(index, Rejection(RejectReason.INFLUX_REJECTED, reason))
+        unacked: set[int] = set()
+        if batch.rejects:
+            letters = [self._letter(batch.items[i], r) for i, r in batch.rejects.items()]
+            if outlet.dead_letter(letters):
+                self.counters.add(dead_lettered=len(letters))
+            else:
+                unacked = set(batch.rejects)  # redelivered, and dead-lettered then
+            for index, rejection in batch.rejects.items():
+                self.counters.reject(rejection.reason)
+                log.warning(
+                    "rejected message on %s: %s: %s",
+                    batch.items[index].topic[:200],
+                    rejection.reason.value,
+                    rejection.detail,
+                )
+        for index, item in enumerate(batch.items):
+            if index not in unacked:
+                outlet.ack(item)
+        stored = len(batch.items) - len(batch.rejects)
+        self.counters.add(batches=1, stored=stored, points_written=len(batch.lines))
+
+    def _write(self, lines: list[tuple[str, int]]) -> dict[int, str] | None:
+        """Write until InfluxDB accepts; return the refused items' reasons (None if stopped)."""
+        delay = self._settings.batch.retry_initial_s
+        outage_logged = False
+        while True:
+            try:
+                refused: dict[int, str] = {}
+                self._isolate(lines, refused)
+            except InfluxUnavailable as exc:
+                if not outage_logged:
+                    log.error(  # noqa: TRY400 - an outage is expected; no traceback
+                        "InfluxDB unavailable: %s; holding %d points, retrying", exc, len(lines)
+                    )
+                    outage_logged = True
+                self.counters.add(write_retries=1)
+                if self._stopping.wait(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter
+                    return None
+                delay = min(delay * 2, self._settings.batch.retry_max_s)
+            else:
+                if outage_logged:
+                    log.info("InfluxDB is back; batch of %d points written", len(lines))
+                return refused
+
+    def _isolate(self, lines: list[tuple[str, int]], refused: dict[int, str]) -> None:
+        """Write ``lines``; when InfluxDB blames the data, split until the bad lines are alone."""
+        if not lines:
+            return
+        try:
+            self._writer.write([line for line, _ in lines])
+        except InfluxRejected as exc:
+            if len(lines) == 1:
+                refused[lines[0][1]] = str(exc)
+                return
+            middle = len(lines) // 2
+            self._isolate(lines[:middle], refused)
+            self._isolate(lines[middle:], refused)
+
+    def _letter(self, item: Incoming, rejection: Rejection) -> DeadLetter:
+        try:
+            payload, encoding = item.payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(item.payload).decode("ascii"), "base64"
+        limit = self._settings.mqtt.max_payload_bytes
+        return DeadLetter(
+            topic=item.topic,
+            reason=rejection.reason,
+            detail=rejection.detail,
+            payload=payload[:limit],
+            payload_encoding=encoding,  # type: ignore[arg-type]
+            received_at=datetime.fromtimestamp(item.arrived_ns / 1e9, UTC),
+            collector_id=self._settings.mqtt.client_id,
+        )
+
+    def _write_stats(self) -> None:
+        try:
+            self._writer.write(self.counters.lines(self._settings.mqtt.client_id))
+        except (InfluxUnavailable, InfluxRejected) as exc:
+            log.debug("could not write collector stats: %s", exc)
+        log.info("collector: %s", self.counters.summary())

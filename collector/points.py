@@ -1,0 +1,180 @@
+"""Contract messages as InfluxDB points (line protocol).
+
+Ids of bounded sets are tags; numbers and free text are fields. The same
+message always becomes the same series at the same timestamp, so a redelivered
+message overwrites its own point instead of adding a duplicate. The README's
+"InfluxDB measurements" table documents every tag and field written here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from datetime import datetime
+
+from agent.contract import (
+    AgentState,
+    AgentStatus,
+    DevicesReport,
+    DeviceState,
+    Envelope,
+    SpeedReport,
+    StatusReason,
+)
+from collector.line_protocol import FieldValue, encode
+
+SPEED = "speed"
+AGENT = "agent"
+DEVICE = "device"
+COLLECTOR = "collector"
+COLLECTOR_REJECTIONS = "collector_rejections"
+
+DEVICE_STATE_CODES = {
+    DeviceState.UNKNOWN: 0,
+    DeviceState.UP: 1,
+    DeviceState.LATE: 2,
+    DeviceState.DOWN: 3,
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def ns(moment: datetime) -> int:
+    """Nanoseconds since the epoch, exact to the microsecond."""
+    seconds = int(moment.timestamp())
+    return seconds * 1_000_000_000 + moment.microsecond * 1000
+
+
+def text(value: str) -> str:
+    """A string field value with control characters replaced by spaces."""
+    return _CONTROL.sub(" ", value)
+
+
+class ArrivalClock:
+    """When each Last Will first arrived, so a redelivered will keeps its timestamp.
+
+    A will's payload is written when the agent connects, long before it fires,
+    so its own ``measured_at`` cannot say when the agent was lost.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._capacity = capacity
+
+    def stamp(self, message_id: str, arrived_ns: int) -> int:
+        first = self._seen.setdefault(message_id, arrived_ns)
+        self._seen.move_to_end(message_id)
+        while len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return first
+
+
+def speed_line(report: SpeedReport) -> str:
+    server = report.server
+    return encode(
+        SPEED,
+        {
+            "school_id": report.school_id,
+            "agent_id": report.agent_id,
+            "result": report.result.value,
+            "server_kind": server.kind.value if server else None,
+            "server_id": server.id if server else None,
+        },
+        {
+            "result_code": report.result_code,
+            "threshold_mbps": float(report.threshold_mbps),
+            "download_mbps": _float(report.download_mbps),
+            "upload_mbps": _float(report.upload_mbps),
+            "latency_ms": _float(report.latency_ms),
+            "meets_threshold": _int(report.meets_threshold),
+            "bytes_received": report.bytes_received,
+            "bytes_sent": report.bytes_sent,
+            "duration_s": float(report.duration_s),
+            "server_name": text(server.name) if server else None,
+            "error": text(report.error) if report.error is not None else None,
+            "message_id": report.message_id,
+        },
+        ns(report.measured_at),
+    )
+
+
+def agent_line(status: AgentStatus, at_ns: int) -> str:
+    fields: dict[str, FieldValue] = {
+        "online": int(status.status is AgentState.ONLINE),
+        "reason": status.reason.value,
+        "version": text(status.version),
+        "boot_id": status.boot_id,
+        "message_id": status.message_id,
+    }
+    if status.host is not None:
+        host = status.host
+        fields |= {
+            "cpu_percent": float(host.cpu_percent),
+            "memory_percent": float(host.memory_percent),
+            "memory_available_bytes": host.memory_available_bytes,
+            "disk_percent": float(host.disk_percent),
+            "disk_free_bytes": host.disk_free_bytes,
+            "uptime_s": host.uptime_s,
+            "load_1m": _float(host.load_1m),
+            "temperature_c": _float(host.temperature_c),
+        }
+    tags = {
+        "school_id": status.school_id,
+        "agent_id": status.agent_id,
+        "status": status.status.value,
+    }
+    return encode(AGENT, tags, fields, at_ns)
+
+
+def device_lines(report: DevicesReport) -> list[str]:
+    at = ns(report.measured_at)
+    return [
+        encode(
+            DEVICE,
+            {
+                "school_id": report.school_id,
+                "agent_id": report.agent_id,
+                "device_id": device.device_id,
+                "kind": device.kind.value,
+                "result": device.result,
+            },
+            {
+                "state": device.state.value,
+                "state_code": DEVICE_STATE_CODES[device.state],
+                "up": int(device.state is DeviceState.UP),
+                "result_code": device.result_code,
+                "response_ms": _float(device.response_ms),
+                "sequence": report.sequence,
+                "message_id": report.message_id,
+            },
+            at,
+        )
+        for device in report.devices
+    ]
+
+
+def _float(value: float | None) -> float | None:
+    """Always a float on the wire: a field's type must never change in InfluxDB."""
+    return None if value is None else float(value)
+
+
+def _int(flag: bool | None) -> int | None:
+    return None if flag is None else int(flag)
+
+
+class PointMaker:
+    """Turns accepted messages into line-protocol lines."""
+
+    def __init__(self) -> None:
+        self._wills = ArrivalClock()
+
+    def lines(self, message: Envelope, arrived_ns: int) -> list[str]:
+        if isinstance(message, SpeedReport):
+            return [speed_line(message)]
+        if isinstance(message, AgentStatus):
+            at = ns(message.measured_at)
+            if message.reason is StatusReason.CONNECTION_LOST:
+                at = self._wills.stamp(message.message_id, arrived_ns)
+            return [agent_line(message, at)]
+        if isinstance(message, DevicesReport):
+            return device_lines(message)
+        raise TypeError(f"no points for {type(message).__name__}")

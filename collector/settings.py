@@ -1,0 +1,102 @@
+"""The collector's settings: environment ``SCHOOL_COLLECTOR_*`` (``__`` nests) and a TOML file.
+
+Every setting is listed, with its default, in the README and in
+``collector/collector.sample.toml``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from agent.broker import BrokerSettings
+from agent.config_file import FileSettings
+from agent.contract import DEFAULT_TOPIC_ROOT, MAX_PAYLOAD_BYTES
+from agent.settings import LogLevel, TopicRoot
+
+ENV_PREFIX = "SCHOOL_COLLECTOR_"
+
+
+class CollectorMqttSettings(BrokerSettings):
+    url: str | None = "mqtt://localhost:1883"
+    client_id: str = Field(default="school-collector", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    topic_root: TopicRoot = DEFAULT_TOPIC_ROOT
+    dead_letter_topic: str = "school-monitor/dead-letter"
+    session_expiry_s: int = Field(default=7 * 86_400, ge=0, le=2**32 - 1)
+    receive_maximum: int = Field(default=1000, ge=1, le=65_535)
+    max_payload_bytes: int = Field(default=MAX_PAYLOAD_BYTES, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#"):
+            raise ValueError("must be a topic without wildcards")
+        return value
+
+    @model_validator(mode="after")
+    def _dead_letters_outside_root(self) -> Self:
+        if self.dead_letter_topic.startswith(self.topic_root + "/"):
+            raise ValueError(
+                "dead_letter_topic must lie outside topic_root, or the collector would read "
+                "its own dead letters"
+            )
+        return self
+
+
+class InfluxSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "http://localhost:8086"
+    api: Literal["v1", "v2"] = "v1"
+    database: str = Field(default="school_monitor", min_length=1)
+    retention_policy: str | None = None
+    org: str | None = None
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    create_database: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        if parts.password:
+            raise ValueError("put credentials in influx.username/password or influx.token")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _v2_needs_token(self) -> Self:
+        if self.api == "v2" and (self.token is None or not self.org):
+            raise ValueError(
+                "api 'v2' needs influx.token and influx.org "
+                "(for InfluxDB 1.8's compatibility API: token 'user:password', org '-')"
+            )
+        return self
+
+
+class BatchSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_points: int = Field(default=1000, ge=1, le=100_000)
+    max_wait_s: float = Field(default=0.5, gt=0, le=60)
+    retry_initial_s: float = Field(default=1.0, gt=0, le=60)
+    retry_max_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+class CollectorSettings(FileSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
+    )
+    env_prefix_for_help: ClassVar[str] = ENV_PREFIX
+
+    log_level: LogLevel = "INFO"
+    stats_interval_s: float = Field(default=60.0, ge=1, le=3600)
+    mqtt: CollectorMqttSettings = Field(default_factory=CollectorMqttSettings)
+    influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
