@@ -239,10 +239,11 @@ log_type notice
 class InfluxDB:
     """An InfluxDB 1.x server on 127.0.0.1 with its meta, data and WAL in ``run_dir``."""
 
-    def __init__(self, run_dir: Path, port: int, rpc_port: int) -> None:
+    def __init__(self, run_dir: Path, port: int, rpc_port: int, *, auth: bool = False) -> None:
         self.run_dir = run_dir
         self.port = port
         self.rpc_port = rpc_port
+        self.auth = auth
         program = find("influxd")
         if program is None:
             raise StackError("influxd is not installed; run: python3 deploy/localstack.py install")
@@ -273,6 +274,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   enabled = false
 [http]
   bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = {str(self.auth).lower()}
   log-enabled = false
   pprof-enabled = false
 [logging]
@@ -285,7 +287,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
         try:
             connection.request("GET", "/ping")
-            return connection.getresponse().status == 204
+            return connection.getresponse().status == 204  # /ping needs no credentials
         except OSError:
             return False
         finally:

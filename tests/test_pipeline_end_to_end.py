@@ -6,10 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from localstack import Mosquitto, Process
+from localstack import InfluxDB, Mosquitto, Process
 
 from agent.contract import HostHealth, SpeedReport
 from tests.conftest import start_collector
+from tests.support.influx_v2_shim import V2WriteShim
 from tests.support.publishing import SchoolPublisher
 from tests.support.services import (
     DeadLetterListener,
@@ -236,3 +237,33 @@ def test_agent_stopped_gracefully_says_so(
     )
     assert online[0]["reason"] == "started"
     assert [r["reason"] for r in rows] == ["stopped"]
+
+
+def test_collector_on_the_v2_api_stores_the_agents_measurement(
+    collector_env: dict[str, str],
+    agent_env: dict[str, str],
+    influxdb: InfluxDB,
+    database: Influx,
+    school_id: str,
+    tmp_path: Path,
+) -> None:
+    with V2WriteShim(influxdb.port) as shim:
+        env = collector_env | {
+            "SCHOOL_COLLECTOR_INFLUX__URL": shim.url,
+            "SCHOOL_COLLECTOR_INFLUX__API": "v2",
+            "SCHOOL_COLLECTOR_INFLUX__DATABASE": f"{database.database}/autogen",
+            "SCHOOL_COLLECTOR_INFLUX__ORG": "-",
+            "SCHOOL_COLLECTOR_INFLUX__TOKEN": "collector:unused-without-auth",
+        }
+        process = start_collector(collector_process(tmp_path, command_env(**env)))
+        try:
+            result = run_agent("run", "--once", env=agent_env)
+            assert result.returncode == 0, result.stderr
+            rows = wait_for(
+                lambda: database.rows(f"SELECT download_mbps FROM speed WHERE school_id = '{school_id}'"),
+                what="the speed point written through /api/v2/write",
+            )
+        finally:
+            process.stop()
+        assert shim.requests >= 1
+    assert round(rows[0]["download_mbps"], 2) == parse_figure(result.stdout, "Download")
