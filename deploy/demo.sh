@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole pipeline on this machine: Mosquitto, InfluxDB, the collector, a
+# speed server, and one school's agent measuring for real. Prints what was
+# stored and the InfluxQL that shows it. The services keep running afterwards.
+#
+#   bash deploy/demo.sh            bring it up and measure
+#   bash deploy/demo.sh stop       stop the services
+#   bash deploy/demo.sh --help
+#
+# Extra options go to `deploy/localstack.py up` (ports: --mqtt-port ...);
+# SCHOOL_MONITOR_RUN_DIR chooses the run directory (default .run/stack).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run_dir="${SCHOOL_MONITOR_RUN_DIR:-.run/stack}"
+
+case "${1:-}" in
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    stop) exec python3 deploy/localstack.py down --run-dir "$run_dir" ;;
+esac
+
+bash deploy/setup.sh
+echo "== starting the services (run directory $run_dir)"
+.venv/bin/python deploy/localstack.py up --run-dir "$run_dir" "$@"
+set -a
+# shellcheck source=/dev/null
+. "$run_dir/stack.env"
+set +a
+school="${SCHOOL_AGENT_SCHOOL_ID:-KZ-DEMO-0001}"
+export SCHOOL_AGENT_SCHOOL_ID="$school" SCHOOL_AGENT_STATE_DIR="$run_dir/agent-state"
+
+echo "== school $school: one speed test against the local speed server, published over MQTT"
+.venv/bin/school-agent run --once
+
+query="SELECT school_id, result, download_mbps, upload_mbps, latency_ms, meets_threshold FROM speed WHERE school_id = '$school' ORDER BY time DESC LIMIT 5"
+echo "== what the collector stored in InfluxDB ($SCHOOL_COLLECTOR_INFLUX__URL, database $SCHOOL_COLLECTOR_INFLUX__DATABASE)"
+echo "   InfluxQL: $query"
+for _ in $(seq 1 60); do
+    if .venv/bin/school-collector query --format json "$query" | grep -q '"rows": \[{'; then
+        break
+    fi
+    sleep 0.5
+done
+.venv/bin/school-collector query "$query"
+status="SELECT status, reason, cpu_percent, memory_percent, disk_percent, uptime_s FROM agent WHERE school_id = '$school' ORDER BY time DESC LIMIT 2"
+echo "   InfluxQL: $status"
+.venv/bin/school-collector query "$status"
+cat <<EOT
+
+The services are still running. Try:
+  set -a; . $run_dir/stack.env; set +a
+  .venv/bin/school-collector query 'SELECT * FROM speed'
+  curl -G '$SCHOOL_COLLECTOR_INFLUX__URL/query' --data-urlencode 'db=$SCHOOL_COLLECTOR_INFLUX__DATABASE' --data-urlencode "q=$query"
+Logs are in $run_dir/*.log. Stop everything with: bash deploy/demo.sh stop
+EOT

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Prepare this machine for the demo and the tests: Debian's packages and the
+# project's virtual environment (.venv). Safe to run again; fast when nothing changed.
+#
+#   bash deploy/setup.sh          runtime only (the demo)
+#   bash deploy/setup.sh --dev    plus test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+if ! command -v python3 >/dev/null || ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: Python 3.11 or newer is needed as python3 (Debian 12: apt-get install python3)" >&2
+    exit 1
+fi
+
+packages=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || packages+=(iproute2)  # tests use network namespaces
+if [ -n "$extras" ]; then
+    # The tests also run the README's nginx recipe for a self-hosted speed server.
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx-light)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "setup: installing ${packages[*]} from Debian's packages"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}"
+fi
+python3 deploy/localstack.py install   # mosquitto and influxdb, when missing
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+stamp=".venv/.school-monitor-installed"
+hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="${hash}${extras}"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# An install with the dev tools also serves a runtime-only request.
+if [ "$have" != "$want" ] && [ "$have" != "${hash}[dev]" ]; then
+    echo "setup: installing school-monitor${extras} into .venv"
+    .venv/bin/pip install --quiet --disable-pip-version-check -e ".${extras}"
+    echo "$want" > "$stamp"
+fi
