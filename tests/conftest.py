@@ -18,7 +18,7 @@ from localstack import InfluxDB, Mosquitto, Process, ensure_installed, free_port
 from collector.influx.v1 import V1Writer
 from collector.settings import InfluxSettings
 from collector.speed_server import SpeedServer
-from tests.support.services import Influx, collector_process, unique, wait_for
+from tests.support.services import Influx, collector_process, command_env, unique, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,8 @@ def collector_env(broker: Mosquitto, database: Influx, topic_root: str) -> dict[
         "SCHOOL_COLLECTOR_MQTT__URL": broker.url,
         "SCHOOL_COLLECTOR_MQTT__CLIENT_ID": unique("collector-"),
         "SCHOOL_COLLECTOR_MQTT__TOPIC_ROOT": topic_root,
-        "SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC": topic_root.split("/")[0] + "/dead-letter",
+        "SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC": topic_root.split("/", maxsplit=1)[0]
+        + "/dead-letter",
         "SCHOOL_COLLECTOR_INFLUX__URL": database.url,
         "SCHOOL_COLLECTOR_INFLUX__DATABASE": database.database,
         "SCHOOL_COLLECTOR_STATS_INTERVAL_S": "1",
@@ -98,8 +99,9 @@ def start_collector(process: Process) -> Process:
     log_size = process.log_file.stat().st_size if process.log_file.exists() else 0
     process.start()
     wait_for(
-        lambda: process.log_file.exists()
-        and "subscribed to" in process.log_file.read_text()[log_size:],
+        lambda: (
+            process.log_file.exists() and "subscribed to" in process.log_file.read_text()[log_size:]
+        ),
         timeout=30,
         what=f"the collector to subscribe (log: {process.log_file})",
     )
@@ -108,8 +110,6 @@ def start_collector(process: Process) -> Process:
 
 @pytest.fixture
 def collector(collector_env: dict[str, str], tmp_path: Path) -> Iterator[Process]:
-    from tests.support.services import command_env
-
     process = collector_process(tmp_path, command_env(**collector_env))
     start_collector(process)
     yield process

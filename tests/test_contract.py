@@ -33,8 +33,14 @@ def test_topics_have_one_subtree_per_school() -> None:
 
 @pytest.mark.parametrize(
     "topic",
-    ["other/KZ-1/speed", "schools/KZ-1/speed/extra", "schools/KZ-1/weather", "schools/../speed",
-     "schools//speed", "schools/KZ 1/speed"],
+    [
+        "other/KZ-1/speed",
+        "schools/KZ-1/speed/extra",
+        "schools/KZ-1/weather",
+        "schools/../speed",
+        "schools//speed",
+        "schools/KZ 1/speed",
+    ],
 )
 def test_topics_outside_the_contract_are_not_parsed(topic: str) -> None:
     assert parse_topic("schools", topic) is None

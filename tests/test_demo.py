@@ -12,9 +12,7 @@ from tests.support.services import REPO, command_env
 
 def test_demo_brings_the_pipeline_up_and_prints_what_was_stored(tmp_path: Path) -> None:
     env = command_env(SCHOOL_MONITOR_RUN_DIR=str(tmp_path / "stack"))
-    ports = [
-        f"--{name}-port={free_port()}" for name in ("mqtt", "influx", "influx-rpc", "speed")
-    ]
+    ports = [f"--{name}-port={free_port()}" for name in ("mqtt", "influx", "influx-rpc", "speed")]
     try:
         demo = subprocess.run(
             ["bash", "deploy/demo.sh", *ports],
@@ -27,8 +25,13 @@ def test_demo_brings_the_pipeline_up_and_prints_what_was_stored(tmp_path: Path) 
         )
     finally:
         stop = subprocess.run(
-            ["bash", "deploy/demo.sh", "stop"], cwd=REPO, env=env, capture_output=True, text=True,
-            timeout=120, check=False,
+            ["bash", "deploy/demo.sh", "stop"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
     assert demo.returncode == 0, demo.stdout + demo.stderr

@@ -29,9 +29,7 @@ def test_v1_writes_a_point_that_influxql_reads_back(database: Influx) -> None:
     writer.write([LINE])
 
     rows = database.rows("SELECT download_mbps, school_id FROM speed")
-    assert rows == [
-        {"time": "2023-11-14T22:13:20Z", "download_mbps": 25.5, "school_id": "KZ-1"}
-    ]
+    assert rows == [{"time": "2023-11-14T22:13:20Z", "download_mbps": 25.5, "school_id": "KZ-1"}]
 
 
 def test_v1_field_type_conflict_is_a_rejection_not_an_outage(database: Influx) -> None:
@@ -52,7 +50,7 @@ def test_v1_unreachable_server_is_an_outage() -> None:
 
 def test_v1_missing_database_is_an_outage_with_a_hint(influxdb: InfluxDB) -> None:
     writer = V1Writer(InfluxSettings(url=influxdb.url, database=unique("absent_")))
-    with pytest.raises(InfluxUnavailable, match="check influx.database"):
+    with pytest.raises(InfluxUnavailable, match=r"check influx\.database"):
         writer.write([LINE])
 
 
@@ -110,7 +108,9 @@ def test_v2_path_writes_through_influxdb_client_end_to_end(secured_influxdb: Inf
 def test_v2_wrong_token_is_an_outage_that_names_the_setting(secured_influxdb: InfluxDB) -> None:
     with V2WriteShim(secured_influxdb.port) as shim:
         writer = make_writer(_v2_settings(shim, f"{ADMIN}:wrong"))
-        with pytest.raises(InfluxUnavailable, match="401.*check influx.username/password or influx.token"):
+        with pytest.raises(
+            InfluxUnavailable, match=r"401.*check influx\.username/password or influx\.token"
+        ):
             writer.write([LINE])
 
 

@@ -1,4 +1,4 @@
-"""Our line-protocol encoder: same output as influxdb-client's Point, and safe in the real database."""
+"""Our line-protocol encoder: the same output as influxdb-client's Point, safe in the database."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from hypothesis import strategies as st
 from influxdb_client.client.write.point import Point
 
 from collector.influx.v1 import V1Writer
-from collector.line_protocol import encode
+from collector.line_protocol import FieldValue, encode
 from collector.settings import InfluxSettings
 from tests.support.services import Influx
 
 # Names and tag values as they can reach us: printable text, including the
 # characters line protocol must escape (space, comma, equals sign, quotes).
-names = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="\\"), min_size=1, max_size=12)
+names = st.text(
+    st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="\\"),
+    min_size=1,
+    max_size=12,
+)
 field_values = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -31,16 +35,16 @@ field_values = st.one_of(
     time_ns=st.integers(min_value=0, max_value=2**62),
 )
 def test_encoding_matches_influxdb_client_point(
-    measurement: str, tags: dict[str, str], fields: dict[str, object], time_ns: int
+    measurement: str, tags: dict[str, str], fields: dict[str, FieldValue], time_ns: int
 ) -> None:
     point = Point(measurement)
-    for key, value in tags.items():
-        point.tag(key, value)
+    for key, tag in tags.items():
+        point.tag(key, tag)
     for key, value in fields.items():
         point.field(key, value)
     point.time(time_ns)
 
-    assert encode(measurement, tags, fields, time_ns) == point.to_line_protocol()  # type: ignore[arg-type]
+    assert encode(measurement, tags, fields, time_ns) == point.to_line_protocol()
 
 
 def test_none_tags_and_fields_are_left_out() -> None:
@@ -66,7 +70,9 @@ AWKWARD = [
 
 
 @pytest.mark.parametrize("value", AWKWARD)
-def test_awkward_strings_survive_a_round_trip_through_influxdb(database: Influx, value: str) -> None:
+def test_awkward_strings_survive_a_round_trip_through_influxdb(
+    database: Influx, value: str
+) -> None:
     writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
     writer.write([encode("probe", {"school_id": "KZ 1,x=y"}, {"text": value}, 1_000)])
 

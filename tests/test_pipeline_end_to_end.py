@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from localstack import InfluxDB, Mosquitto, Process
+from localstack import InfluxDB, Mosquitto, Process, free_port
 
 from agent.contract import HostHealth, SpeedReport
 from tests.conftest import start_collector
@@ -15,8 +15,8 @@ from tests.support.publishing import SchoolPublisher
 from tests.support.services import (
     DeadLetterListener,
     Influx,
-    command_env,
     collector_process,
+    command_env,
     parse_figure,
     run_agent,
     wait_for,
@@ -78,8 +78,6 @@ def test_agent_once_status_carries_host_health(
 def test_agent_once_fails_clearly_when_the_broker_is_unreachable(
     agent_env: dict[str, str],
 ) -> None:
-    from localstack import free_port
-
     env = agent_env | {"SCHOOL_AGENT_MQTT__URL": f"mqtt://127.0.0.1:{free_port()}"}
     result = run_agent("run", "--once", env=env)
 
@@ -96,13 +94,15 @@ def test_invalid_payload_reaches_the_dead_letter_topic_and_collector_keeps_runni
     topic_root: str,
     school_id: str,
 ) -> None:
-    letters = DeadLetterListener(broker.port, collector_env["SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC"])
+    letters = DeadLetterListener(
+        broker.port, collector_env["SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC"]
+    )
     try:
         with SchoolPublisher(broker.port, topic_root, school_id) as school:
             school.publish_raw("speed", b'{"schema_version": 1, "download_mbps": ')
             school.publish_raw("speed", json.dumps({"schema_version": 1}).encode())
             school.publish_speed(download_mbps=42.5)
-        received = wait_for(lambda: len(letters.snapshot()) >= 2 and letters.snapshot())
+        received = wait_for(lambda: letters.snapshot() if len(letters.snapshot()) >= 2 else None)
     finally:
         letters.close()
 
@@ -113,15 +113,17 @@ def test_invalid_payload_reaches_the_dead_letter_topic_and_collector_keeps_runni
     detail = by_reason["schema_violation"]["detail"]
     assert detail.startswith("missing fields: ")
     assert set(detail.removeprefix("missing fields: ").split(", ")) == {
-        "school_id", "agent_id", "result", "result_code", "threshold_mbps"
+        "school_id",
+        "agent_id",
+        "result",
+        "result_code",
+        "threshold_mbps",
     }
     assert collector.running()
     stored = wait_for(lambda: database.rows("SELECT download_mbps FROM speed"))
     assert [row["download_mbps"] for row in stored] == [42.5]
     rejections = wait_for(
-        lambda: database.rows(
-            "SELECT last(count) FROM collector_rejections GROUP BY reason"
-        ),
+        lambda: database.rows("SELECT last(count) FROM collector_rejections GROUP BY reason"),
         what="the rejection counters",
     )
     assert {row["reason"]: row["last"] for row in rejections} == {
@@ -138,7 +140,9 @@ def test_school_posing_as_another_is_rejected(
     topic_root: str,
     school_id: str,
 ) -> None:
-    letters = DeadLetterListener(broker.port, collector_env["SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC"])
+    letters = DeadLetterListener(
+        broker.port, collector_env["SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC"]
+    )
     try:
         with SchoolPublisher(broker.port, topic_root, school_id) as school:
             school.publish_speed(download_mbps=99.0, claimed_school="KZ-OTHER-1")
@@ -260,7 +264,9 @@ def test_collector_on_the_v2_api_stores_the_agents_measurement(
             result = run_agent("run", "--once", env=agent_env)
             assert result.returncode == 0, result.stderr
             rows = wait_for(
-                lambda: database.rows(f"SELECT download_mbps FROM speed WHERE school_id = '{school_id}'"),
+                lambda: database.rows(
+                    f"SELECT download_mbps FROM speed WHERE school_id = '{school_id}'"
+                ),
                 what="the speed point written through /api/v2/write",
             )
         finally:

@@ -78,7 +78,8 @@ def _measure(url: str, timeout_s: float = 5) -> tuple[SpeedResult, int, str]:
     m = measured.measurement
     assert m.download_mbps is None
     assert m.meets_threshold is None
-    assert m.server is not None and m.server.url == url
+    assert m.server is not None
+    assert m.server.url == url
     return m.result, m.result_code, m.error or ""
 
 
@@ -152,12 +153,22 @@ def test_self_hosted_mode_works_with_no_route_to_speedtest_net(isolated_namespac
         env=command_env(),
     )
     try:
-        probe = [*inside, sys.executable, "-c", f"import localstack; exit(not localstack.port_open({port}))"]
+        probe = [
+            *inside,
+            sys.executable,
+            "-c",
+            f"import localstack; exit(not localstack.port_open({port}))",
+        ]
         wait_for(
-            lambda: subprocess.run(probe, env=command_env(PYTHONPATH="deploy"), check=False).returncode == 0,
+            lambda: (
+                subprocess.run(probe, env=command_env(PYTHONPATH="deploy"), check=False).returncode
+                == 0
+            ),
             what="the speed server inside the namespace",
         )
-        routes = subprocess.run([*inside, "ip", "route"], capture_output=True, text=True, check=True)
+        routes = subprocess.run(
+            [*inside, "ip", "route"], capture_output=True, text=True, check=True
+        )
         assert routes.stdout.strip() == "", "the namespace must have no route at all"
         result = subprocess.run(
             [*inside, sys.executable, "-m", "agent", "speedtest", "--json"],

@@ -33,7 +33,8 @@ class SchoolPublisher:
         self._acked: set[int] = set()
         self._changed = threading.Condition()
         self._client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:12]}",
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-{uuid.uuid4().hex[:12]}",
             protocol=paho.MQTTv5,
         )
         self._client.on_publish = self._on_publish
@@ -95,8 +96,6 @@ class SchoolPublisher:
         """``count`` reports with QoS 1; returns once the broker acknowledged them all."""
         reports = [self.speed_report(20.0 + i % 50) for i in range(count)]
         topic = topic_for(self.topic_root, self.school_id, TopicKind.SPEED)
-        mids = [
-            self._client.publish(topic, r.model_dump_json(), qos=1).mid for r in reports
-        ]
+        mids = [self._client.publish(topic, r.model_dump_json(), qos=1).mid for r in reports]
         self._wait(mids)
         return reports

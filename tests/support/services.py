@@ -25,9 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
-def wait_for(
-    probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition"
-) -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
