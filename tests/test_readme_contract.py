@@ -1,0 +1,187 @@
+"""The README's tables are the contract: they must list what the code really does."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.contract import (
+    AgentState,
+    AgentStatus,
+    DeviceKind,
+    DeviceObservation,
+    DevicesReport,
+    DeviceState,
+    HostHealth,
+    RejectReason,
+    ServerKind,
+    SpeedMeasurement,
+    SpeedReport,
+    SpeedResult,
+    SpeedServer,
+    StatusReason,
+)
+from agent.settings import AgentSettings
+from collector.counters import Counters
+from collector.influx.v1 import V1Writer
+from collector.points import PointMaker
+from collector.settings import CollectorSettings, InfluxSettings
+from tests.support.services import REPO, Influx
+
+README = (REPO / "README.md").read_text()
+TYPES = {"float": "float", "int": "integer", "string": "string"}
+
+
+def _section(heading: str) -> str:
+    start = README.index(heading)
+    end = README.find("\n## ", start + len(heading))
+    return README[start : end if end > 0 else None]
+
+
+def _table_after(marker: str, within: str) -> list[list[str]]:
+    """The rows (header and separator dropped) of the first table at or after ``marker``."""
+    text = within[within.index(marker) :]
+    start = 0 if text.startswith("|") else text.index("\n|") + 1
+    table = text[start:].split("\n\n")[0]
+    rows = re.findall(r"^\|(.+)\|$", table, re.MULTILINE)
+    return [[cell.strip() for cell in row.split("|")] for row in rows[2:]]
+
+
+def _names(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def _flat_settings(cls: type[AgentSettings] | type[CollectorSettings]) -> set[str]:
+    names = set()
+    for name, field in cls.model_fields.items():
+        nested = getattr(field.annotation, "model_fields", None)
+        names |= {f"{name}.{sub}" for sub in nested} if nested else {name}
+    return names
+
+
+@pytest.mark.parametrize(
+    ("heading", "cls"),
+    [("### Agent settings", AgentSettings), ("### Collector settings", CollectorSettings)],
+)
+def test_settings_tables_list_every_setting(
+    heading: str, cls: type[AgentSettings] | type[CollectorSettings]
+) -> None:
+    table = _table_after("| setting |", _section(heading))
+    documented = {name for row in table for name in _names(row[0])}
+    assert documented == _flat_settings(cls)
+
+
+def _documented_measurement(name: str) -> dict[str, tuple[str, str]]:
+    """{key: (tag|field, type)} from the README table of measurement ``name``."""
+    table = _table_after(f"**`{name}`**", _section("## InfluxDB measurements"))
+    keys: dict[str, tuple[str, str]] = {}
+    for row in table:
+        kind = row[1].split(" ")[0]
+        for key in _names(row[0]):
+            keys[key] = (kind, row[2])
+    return keys
+
+
+def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
+    """One message of every kind, with every optional field filled, plus a failed test."""
+    at = datetime(2026, 11, 22, 6, tzinfo=UTC)
+    who = {"school_id": "KZ-1", "agent_id": "a1"}
+    server = SpeedServer(kind=ServerKind.SELF_HOSTED, id="s", name="s", url="http://s")
+    good = SpeedMeasurement(
+        result=SpeedResult.SUCCESS,
+        result_code=0,
+        threshold_mbps=20.0,
+        download_mbps=25.0,
+        upload_mbps=10.0,
+        latency_ms=20.0,
+        meets_threshold=True,
+        bytes_received=10,
+        bytes_sent=5,
+        duration_s=1.0,
+        server=server,
+    )
+    bad = SpeedMeasurement.failed(SpeedResult.TIMEOUT, "timed out", threshold_mbps=20.0)
+    host = HostHealth(
+        cpu_percent=1.0,
+        memory_percent=2.0,
+        memory_available_bytes=3,
+        disk_percent=4.0,
+        disk_free_bytes=5,
+        uptime_s=6,
+        load_1m=0.5,
+        temperature_c=40.0,
+    )
+    device = DeviceObservation(
+        device_id="pb1",
+        kind=DeviceKind.PANIC_BUTTON,
+        state=DeviceState.UP,
+        result="success",
+        result_code=0,
+        response_ms=3.0,
+    )
+    return [
+        SpeedReport.of(good, measured_at=at, **who),
+        SpeedReport.of(bad, measured_at=at.replace(minute=1), **who),
+        AgentStatus(
+            **who,
+            measured_at=at,
+            status=AgentState.ONLINE,
+            reason=StatusReason.STARTED,
+            version="1",
+            boot_id="0" * 32,
+            host=host,
+        ),
+        DevicesReport(**who, measured_at=at, boot_id="0" * 32, sequence=1, devices=[device]),
+    ]
+
+
+@pytest.mark.parametrize(
+    "measurement", ["speed", "agent", "device", "collector", "collector_rejections"]
+)
+def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurement: str) -> None:
+    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
+    maker = PointMaker()
+    lines = [line for m in _sample_messages() for line in maker.lines(m, 0)]
+    counters = Counters()
+    counters.reject(RejectReason.INVALID_JSON)
+    writer.write(lines + counters.lines("c1"))
+
+    tags = {row["tagKey"] for row in database.rows(f'SHOW TAG KEYS FROM "{measurement}"')}
+    fields = {
+        row["fieldKey"]: row["fieldType"]
+        for row in database.rows(f'SHOW FIELD KEYS FROM "{measurement}"')
+    }
+    documented = _documented_measurement(measurement)
+    assert {k for k, (kind, _) in documented.items() if kind == "tag"} == tags
+    assert {k: TYPES[t] for k, (kind, t) in documented.items() if kind == "field"} == fields
+
+
+def test_the_json_example_is_a_valid_speed_report() -> None:
+    section = _section("## MQTT messages")
+    example = section[
+        section.index("```json") + len("```json") : section.index("```\n", section.index("```json"))
+    ]
+    report = SpeedReport.model_validate_json(json.dumps(json.loads(example)))
+    assert report.meets_threshold is True
+
+
+def test_every_influxql_example_runs(database: Influx) -> None:
+    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
+    maker = PointMaker()
+    writer.write([line for m in _sample_messages() for line in maker.lines(m, 0)])
+    block = README[
+        README.index("```sql") + len("```sql") : README.index("```\n", README.index("```sql"))
+    ]
+    queries = [line for line in block.splitlines() if line.strip() and not line.startswith("--")]
+    assert len(queries) >= 4
+    for query in queries:
+        database.client.query(query)  # raises InfluxQueryError if InfluxDB refuses it
+
+
+def test_sample_config_files_exist_where_the_readme_says(tmp_path: Path) -> None:
+    for path in re.findall(r"\]\(((?:agent|collector|deploy)/[^)]+)\)", README):
+        assert (REPO / path).exists(), path
