@@ -89,7 +89,6 @@ def _documented_measurement(name: str) -> dict[str, tuple[str, str]]:
 def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
     """One message of every kind, with every optional field filled, plus a failed test."""
     at = datetime(2026, 11, 22, 6, tzinfo=UTC)
-    who = {"school_id": "KZ-1", "agent_id": "a1"}
     server = SpeedServer(kind=ServerKind.SELF_HOSTED, id="s", name="s", url="http://s")
     good = SpeedMeasurement(
         result=SpeedResult.SUCCESS,
@@ -124,10 +123,11 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
         response_ms=3.0,
     )
     return [
-        SpeedReport.of(good, measured_at=at, **who),
-        SpeedReport.of(bad, measured_at=at.replace(minute=1), **who),
+        SpeedReport.of(good, school_id="KZ-1", agent_id="a1", measured_at=at),
+        SpeedReport.of(bad, school_id="KZ-1", agent_id="a1", measured_at=at.replace(minute=1)),
         AgentStatus(
-            **who,
+            school_id="KZ-1",
+            agent_id="a1",
             measured_at=at,
             status=AgentState.ONLINE,
             reason=StatusReason.STARTED,
@@ -135,7 +135,14 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
             boot_id="0" * 32,
             host=host,
         ),
-        DevicesReport(**who, measured_at=at, boot_id="0" * 32, sequence=1, devices=[device]),
+        DevicesReport(
+            school_id="KZ-1",
+            agent_id="a1",
+            measured_at=at,
+            boot_id="0" * 32,
+            sequence=1,
+            devices=[device],
+        ),
     ]
 
 
