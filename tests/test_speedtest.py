@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 import uuid
@@ -184,3 +186,59 @@ def test_self_hosted_mode_works_with_no_route_to_speedtest_net(isolated_namespac
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["result"] == "success"
     assert not port_open(port), "the server lived inside the namespace, not on this host"
+
+
+def test_ookla_mode_without_any_network_is_a_dns_error_not_a_crash(
+    isolated_namespace: str,
+) -> None:
+    result = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            isolated_namespace,
+            sys.executable,
+            "-m",
+            "agent",
+            "speedtest",
+            "--json",
+        ],
+        env=command_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    measured = json.loads(result.stdout)
+    assert measured["result"] == "dns_error"
+    assert measured["result_code"] == 1
+    assert "speedtest.net configuration" in measured["error"]
+    assert "Traceback" not in result.stderr
+
+
+def test_progress_is_drawn_on_a_terminal(speed_server: SpeedServer) -> None:
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "speedtest"],
+        env=command_env(SCHOOL_AGENT_SPEEDTEST__SERVER_URL=speed_server.url),
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal closed: the process is done with it
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    process.wait(timeout=120)
+    os.close(controller)
+    screen = drawn.decode(errors="replace")
+    assert process.returncode == 0
+    assert "Download   [" in screen
+    assert "] 40/40" in screen  # 10 sizes x 4 requests each, all finished
+    assert "Upload     [" in screen
