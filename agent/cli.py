@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 
 from agent import __version__
 from agent.broker import BrokerError
+from agent.command_line import common_options, setup_logging
 from agent.config_file import ConfigError, load_settings
 from agent.contract import SpeedMeasurement, SpeedResult
-from agent.settings import AgentSettings
+from agent.settings import ENV_PREFIX, AgentSettings
 from agent.speed import SilentProgress, SpeedTester, TerminalProgress
 
 EXIT_CONFIG = 2
@@ -25,20 +24,7 @@ log = logging.getLogger("agent")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get("SCHOOL_AGENT_CONFIG"),
-        metavar="PATH",
-        help="TOML config file (default: $SCHOOL_AGENT_CONFIG; environment variables "
-        "SCHOOL_AGENT_* override the file)",
-    )
-    common.add_argument(
-        "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="override the log_level setting",
-    )
+    common = common_options(ENV_PREFIX)
     parser = argparse.ArgumentParser(
         prog="school-agent",
         description="Measure this school's internet speed and publish the results over MQTT.",
@@ -78,11 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"school-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=args.log_level or settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level or settings.log_level)
     if args.command == "speedtest":
         return _speedtest(settings, as_json=args.json)
     return _run(settings, once=args.once)

@@ -4,34 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.command_line import common_options, setup_logging
 from agent.config_file import ConfigError, load_settings
 from collector import speed_server
-from collector.settings import CollectorSettings
+from collector.settings import ENV_PREFIX, CollectorSettings
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get("SCHOOL_COLLECTOR_CONFIG"),
-        metavar="PATH",
-        help="TOML config file (default: $SCHOOL_COLLECTOR_CONFIG; environment variables "
-        "SCHOOL_COLLECTOR_* override the file)",
-    )
-    common.add_argument(
-        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override log_level"
-    )
+    common = common_options(ENV_PREFIX)
     parser = argparse.ArgumentParser(
         prog="school-collector",
         description="Receive school agents' MQTT messages, validate them, store them in InfluxDB.",
@@ -68,18 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "speed-server":
-        logging.basicConfig(level=args.log_level or "INFO")
+        setup_logging(args.log_level or "INFO")
         return speed_server.serve(args.host, args.port)
     try:
         settings = load_settings(CollectorSettings, args.config)
     except ConfigError as exc:
         print(f"school-collector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=args.log_level or settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level or settings.log_level)
     if args.command == "query":
         return _query(settings, args.influxql, args.format)
     from collector.service import run_collector  # noqa: PLC0415 - keep --help fast

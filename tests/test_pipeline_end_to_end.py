@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from localstack import InfluxDB, Mosquitto, Process, free_port
 
 from agent.contract import HostHealth, SpeedReport
@@ -86,25 +88,29 @@ def test_agent_once_fails_clearly_when_the_broker_is_unreachable(
     assert "check mqtt.url" in result.stderr
 
 
+@pytest.fixture
+def dead_letters(collector_env: dict[str, str], broker: Mosquitto) -> Iterator[DeadLetterListener]:
+    topic = collector_env["SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC"]
+    listener = DeadLetterListener(broker.port, topic)
+    yield listener
+    listener.close()
+
+
 def test_invalid_payload_reaches_the_dead_letter_topic_and_collector_keeps_running(
     collector: Process,
-    collector_env: dict[str, str],
+    dead_letters: DeadLetterListener,
     broker: Mosquitto,
     database: Influx,
     topic_root: str,
     school_id: str,
 ) -> None:
-    letters = DeadLetterListener(
-        broker.port, collector_env["SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC"]
+    with SchoolPublisher(broker.port, topic_root, school_id) as school:
+        school.publish_raw("speed", b'{"schema_version": 1, "download_mbps": ')
+        school.publish_raw("speed", json.dumps({"schema_version": 1}).encode())
+        school.publish_speed(download_mbps=42.5)
+    received = wait_for(
+        lambda: dead_letters.snapshot() if len(dead_letters.snapshot()) >= 2 else None
     )
-    try:
-        with SchoolPublisher(broker.port, topic_root, school_id) as school:
-            school.publish_raw("speed", b'{"schema_version": 1, "download_mbps": ')
-            school.publish_raw("speed", json.dumps({"schema_version": 1}).encode())
-            school.publish_speed(download_mbps=42.5)
-        received = wait_for(lambda: letters.snapshot() if len(letters.snapshot()) >= 2 else None)
-    finally:
-        letters.close()
 
     by_reason = {letter["reason"]: letter for letter in received}
     assert set(by_reason) == {"invalid_json", "schema_violation"}
@@ -134,22 +140,16 @@ def test_invalid_payload_reaches_the_dead_letter_topic_and_collector_keeps_runni
 
 def test_school_posing_as_another_is_rejected(
     collector: Process,
-    collector_env: dict[str, str],
+    dead_letters: DeadLetterListener,
     broker: Mosquitto,
     database: Influx,
     topic_root: str,
     school_id: str,
 ) -> None:
-    letters = DeadLetterListener(
-        broker.port, collector_env["SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC"]
-    )
-    try:
-        with SchoolPublisher(broker.port, topic_root, school_id) as school:
-            school.publish_speed(download_mbps=99.0, claimed_school="KZ-OTHER-1")
-            school.publish_speed(download_mbps=10.0)
-        received = wait_for(letters.snapshot)
-    finally:
-        letters.close()
+    with SchoolPublisher(broker.port, topic_root, school_id) as school:
+        school.publish_speed(download_mbps=99.0, claimed_school="KZ-OTHER-1")
+        school.publish_speed(download_mbps=10.0)
+    received = wait_for(dead_letters.snapshot)
 
     assert received[0]["reason"] == "school_mismatch"
     stored = wait_for(lambda: database.rows("SELECT school_id, download_mbps FROM speed"))
