@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent import __version__
@@ -96,18 +97,29 @@ class Agent:
         while not self._stopping.is_set():
             now = time.monotonic()
             if now >= next_status:
-                self._publish_status(reason)
+                self._unattended(self._publish_status, reason)
                 reason = StatusReason.HEARTBEAT
                 next_status = now + self.settings.status_interval_s
             if now >= next_speed:
-                self.publisher.publish(self._measure_speed(None), TopicKind.SPEED)
+                self._unattended(self._publish_speed)
                 next_speed = time.monotonic() + self._speed_interval()
-            self._log_broker_answers()
+            self._unattended(self._log_broker_answers)
             self._stopping.wait(max(0.0, min(next_status, next_speed) - time.monotonic()))
         self.publisher.close(self.publisher.status(AgentState.OFFLINE, StatusReason.STOPPED))
         log.info("agent stopped")
 
     # -- steps -----------------------------------------------------------
+
+    @staticmethod
+    def _unattended(step: Callable[..., object], *args: object) -> None:
+        """Run one step of the daemon; a bug is logged, and the agent keeps working."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("%s failed; carrying on", getattr(step, "__name__", "a step"))
+
+    def _publish_speed(self) -> int:
+        return self.publisher.publish(self._measure_speed(None), TopicKind.SPEED)
 
     def _publish_status(self, reason: StatusReason) -> int:
         host = read_host_health(self.settings.state_dir)

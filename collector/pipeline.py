@@ -75,10 +75,6 @@ class Pipeline:
     def stop(self) -> None:
         self._stopping.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     # -- the pipeline thread ----------------------------------------------
 
     def run(self, outlet: Outlet) -> None:
@@ -137,22 +133,27 @@ class Pipeline:
         if batch.rejects:
             letters = [self._letter(batch.items[i], r) for i, r in batch.rejects.items()]
             if outlet.dead_letter(letters):
-                self.counters.add(dead_lettered=len(letters))
+                self._count_rejections(batch)
             else:
-                unacked = set(batch.rejects)  # redelivered, and dead-lettered then
-            for index, rejection in batch.rejects.items():
-                self.counters.reject(rejection.reason)
-                log.warning(
-                    "rejected message on %s: %s: %s",
-                    batch.items[index].topic[:200],
-                    rejection.reason.value,
-                    rejection.detail,
-                )
+                unacked = set(batch.rejects)  # they come again, and are dead-lettered then
         for index, item in enumerate(batch.items):
             if index not in unacked:
                 outlet.ack(item)
-        stored = len(batch.items) - len(batch.rejects)
-        self.counters.add(batches=1, stored=stored, points_written=len(batch.lines))
+        written = sum(1 for _, index in batch.lines if index not in refused)
+        self.counters.add(
+            batches=1, stored=len(batch.items) - len(batch.rejects), points_written=written
+        )
+
+    def _count_rejections(self, batch: _Batch) -> None:
+        self.counters.add(dead_lettered=len(batch.rejects))
+        for index, rejection in batch.rejects.items():
+            self.counters.reject(rejection.reason)
+            log.warning(
+                "rejected message on %s: %s: %s",
+                batch.items[index].topic[:200],
+                rejection.reason.value,
+                rejection.detail,
+            )
 
     def _write(self, lines: list[tuple[str, int]]) -> dict[int, str] | None:
         """Write until InfluxDB accepts; return the refused items' reasons (None if stopped)."""

@@ -25,6 +25,28 @@ from agent.contract import (
 )
 
 
+def speed_report(
+    school_id: str, agent_id: str, download_mbps: float, measured_at: datetime
+) -> SpeedReport:
+    """A successful test as an agent would report it."""
+    return SpeedReport(
+        school_id=school_id,
+        agent_id=agent_id,
+        measured_at=measured_at,
+        result=SpeedResult.SUCCESS,
+        result_code=SPEED_RESULT_CODES[SpeedResult.SUCCESS],
+        threshold_mbps=20.0,
+        download_mbps=download_mbps,
+        upload_mbps=download_mbps / 2,
+        latency_ms=12.5,
+        meets_threshold=download_mbps >= 20.0,
+        bytes_received=1000,
+        bytes_sent=500,
+        duration_s=10.0,
+        server=SpeedServer(kind=ServerKind.SELF_HOSTED, id="test", name="test", url="http://x"),
+    )
+
+
 class SchoolPublisher:
     def __init__(self, broker_port: int, topic_root: str, school_id: str) -> None:
         self.topic_root = topic_root
@@ -70,22 +92,8 @@ class SchoolPublisher:
 
     def speed_report(self, download_mbps: float, claimed_school: str | None = None) -> SpeedReport:
         self._sequence += 1
-        return SpeedReport(
-            school_id=claimed_school or self.school_id,
-            agent_id=self.agent_id,
-            measured_at=self._base + timedelta(milliseconds=self._sequence),
-            result=SpeedResult.SUCCESS,
-            result_code=SPEED_RESULT_CODES[SpeedResult.SUCCESS],
-            threshold_mbps=20.0,
-            download_mbps=download_mbps,
-            upload_mbps=download_mbps / 2,
-            latency_ms=12.5,
-            meets_threshold=download_mbps >= 20.0,
-            bytes_received=1000,
-            bytes_sent=500,
-            duration_s=10.0,
-            server=SpeedServer(kind=ServerKind.SELF_HOSTED, id="test", name="test", url="http://x"),
-        )
+        at = self._base + timedelta(milliseconds=self._sequence)
+        return speed_report(claimed_school or self.school_id, self.agent_id, download_mbps, at)
 
     def publish_speed(self, download_mbps: float, claimed_school: str | None = None) -> SpeedReport:
         report = self.speed_report(download_mbps, claimed_school)

@@ -1,0 +1,167 @@
+"""The collector's pipeline against a real InfluxDB: ack after write, one bad point, outages.
+
+The pipeline answers through an ``Outlet``, its seam to MQTT; here a
+recording outlet stands in for the broker session, the database is real.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from localstack import InfluxDB, free_port
+
+from agent.contract import DeadLetter, RejectReason, SpeedMeasurement, SpeedReport, SpeedResult
+from collector.influx.v1 import V1Writer
+from collector.pipeline import Incoming, Pipeline
+from collector.settings import BatchSettings, CollectorSettings, InfluxSettings
+from tests.support.publishing import speed_report
+from tests.support.services import Influx, unique, wait_for
+
+
+class RecordingOutlet:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+        self.letters: list[DeadLetter] = []
+        self.lock = threading.Lock()
+
+    def is_current(self, item: Incoming) -> bool:
+        return True
+
+    def ack(self, item: Incoming) -> None:
+        with self.lock:
+            self.acked.append(item.mid)
+
+    def dead_letter(self, letters: list[DeadLetter]) -> bool:
+        with self.lock:
+            self.letters.extend(letters)
+        return True
+
+
+def _settings(influx_url: str, database: str) -> CollectorSettings:
+    return CollectorSettings(
+        influx=InfluxSettings(url=influx_url, database=database, timeout_s=2),
+        batch=BatchSettings(max_wait_s=0.1, retry_initial_s=0.1, retry_max_s=0.3),
+        stats_interval_s=3600,
+    )
+
+
+def _incoming(reports: list[SpeedReport], topic_root: str = "schools") -> list[Incoming]:
+    return [
+        Incoming(
+            mid=i + 1,
+            qos=1,
+            topic=f"{topic_root}/{r.school_id}/speed",
+            payload=r.model_dump_json().encode(),
+            generation=0,
+            arrived_ns=time.time_ns(),
+        )
+        for i, r in enumerate(reports)
+    ]
+
+
+def _reports(count: int, failed_at: int | None = None) -> list[SpeedReport]:
+    base = datetime.now(UTC) - timedelta(minutes=10)
+    reports = [
+        speed_report("KZ-1", "a1", 30.0 + i, base + timedelta(seconds=i)) for i in range(count)
+    ]
+    if failed_at is not None:
+        failed = SpeedMeasurement.failed(SpeedResult.TIMEOUT, "timed out", threshold_mbps=20.0)
+        reports[failed_at] = SpeedReport.of(
+            failed, school_id="KZ-1", agent_id="a1", measured_at=reports[failed_at].measured_at
+        )
+    return reports
+
+
+@pytest.fixture
+def start_pipeline() -> Iterator[Callable[[Pipeline, RecordingOutlet], threading.Thread]]:
+    threads: list[tuple[Pipeline, threading.Thread]] = []
+
+    def start(pipeline: Pipeline, outlet: RecordingOutlet) -> threading.Thread:
+        thread = threading.Thread(target=pipeline.run, args=(outlet,), daemon=True)
+        thread.start()
+        threads.append((pipeline, thread))
+        return thread
+
+    yield start
+    for pipeline, thread in threads:
+        pipeline.stop()
+        thread.join(timeout=10)
+
+
+def test_one_refused_point_is_dead_lettered_and_the_rest_of_the_batch_is_written(
+    database: Influx, start_pipeline: Callable[[Pipeline, RecordingOutlet], threading.Thread]
+) -> None:
+    # An integer "error" field already in this shard: a failed test's string error conflicts.
+    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
+    writer.write([f"speed,school_id=KZ-0 error=1i {time.time_ns()}"])
+    pipeline = Pipeline(writer, _settings(database.url, database.database))
+    outlet = RecordingOutlet()
+    items = _incoming(_reports(10, failed_at=4))
+    for item in items:
+        pipeline.submit(item)
+    start_pipeline(pipeline, outlet)
+
+    wait_for(lambda: len(outlet.acked) == 10, what="all ten acknowledgements")
+    assert outlet.acked == [item.mid for item in items]
+    assert [letter.reason for letter in outlet.letters] == [RejectReason.INFLUX_REJECTED]
+    assert "field type conflict" in outlet.letters[0].detail
+    assert outlet.letters[0].payload == items[4].payload.decode()
+    stored = database.rows("SELECT download_mbps FROM speed WHERE school_id = 'KZ-1'")
+    assert len(stored) == 9
+    counters = pipeline.counters
+    assert (counters.stored, counters.dead_lettered, counters.points_written) == (9, 1, 9)
+    assert counters.rejected == {RejectReason.INFLUX_REJECTED: 1}
+
+
+@pytest.fixture
+def own_influxdb(tmp_path: Path) -> Iterator[InfluxDB]:
+    server = InfluxDB(tmp_path / "influx", free_port(), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_influxdb_outage_holds_every_ack_until_the_points_are_stored(
+    own_influxdb: InfluxDB, start_pipeline: Callable[[Pipeline, RecordingOutlet], threading.Thread]
+) -> None:
+    database = unique("db_")
+    writer = V1Writer(InfluxSettings(url=own_influxdb.url, database=database))
+    writer.ensure_database()
+    own_influxdb.stop()
+    pipeline = Pipeline(writer, _settings(own_influxdb.url, database))
+    outlet = RecordingOutlet()
+    items = _incoming(_reports(20))
+    for item in items:
+        pipeline.submit(item)
+    start_pipeline(pipeline, outlet)
+
+    wait_for(lambda: pipeline.counters.write_retries >= 3, what="retries during the outage")
+    assert outlet.acked == [], "nothing may be acknowledged while InfluxDB is down"
+    own_influxdb.start()
+    wait_for(lambda: len(outlet.acked) == 20, what="the acknowledgements after recovery")
+    stored = Influx(own_influxdb.url, database).rows("SELECT count(download_mbps) FROM speed")
+    assert stored[0]["count"] == 20
+    assert outlet.letters == []
+
+
+def test_stopping_during_an_outage_ends_at_once_and_acknowledges_nothing(
+    start_pipeline: Callable[[Pipeline, RecordingOutlet], threading.Thread],
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    writer = V1Writer(InfluxSettings(url=url, database="nowhere", timeout_s=1))
+    pipeline = Pipeline(writer, _settings(url, "nowhere"))
+    outlet = RecordingOutlet()
+    for item in _incoming(_reports(5)):
+        pipeline.submit(item)
+    thread = start_pipeline(pipeline, outlet)
+    wait_for(lambda: pipeline.counters.write_retries >= 1, what="a failed write")
+
+    pipeline.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "stop must interrupt the retry loop"
+    assert outlet.acked == []
