@@ -143,11 +143,7 @@ def new_client(
 
 
 class ConnectionWatch:
-    """Tracks connect/disconnect of a paho client so callers can wait on it.
-
-    ``generation`` grows by one on every successful connect: message ids
-    received on an earlier connection must never be acknowledged on a later one.
-    """
+    """Tracks connect/disconnect of a paho client so callers can wait on it."""
 
     def __init__(
         self,
@@ -159,8 +155,6 @@ class ConnectionWatch:
         self._on_connected = on_connected
         self._connected = threading.Event()
         self._answered = threading.Event()
-        self._lock = threading.Lock()
-        self.generation = 0
         self.refusal: str | None = None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -190,8 +184,6 @@ class ConnectionWatch:
             self.refusal = str(reason)
             log.error("broker %s refused the connection: %s", self._address, reason)
         else:
-            with self._lock:
-                self.generation += 1
             session = "resumed session" if flags.session_present else "new session"
             log.info("connected to broker %s (%s)", self._address, session)
             if self._on_connected is not None:

@@ -33,7 +33,6 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
 DEFAULT_TOPIC_ROOT = "schools"
 MAX_PAYLOAD_BYTES = 64 * 1024
 

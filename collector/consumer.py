@@ -64,9 +64,6 @@ class Consumer:
         )
         self._client.loop_start()
 
-    def wait_connected(self, timeout: float) -> None:
-        self._watch.wait(timeout)
-
     def close(self) -> None:
         """Disconnect once the queued acks went out; the session stays on the broker."""
         self._client.disconnect()

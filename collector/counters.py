@@ -37,10 +37,6 @@ class Counters:
         with self._lock:
             self.rejected[reason] += 1
 
-    def total_rejected(self) -> int:
-        with self._lock:
-            return sum(self.rejected.values())
-
     def lines(self, collector_id: str) -> list[str]:
         at = time.time_ns()
         tags = {"collector_id": collector_id}
