@@ -126,6 +126,9 @@ class SpeedResult(StrEnum):
     CONFIG_UNAVAILABLE = "config_unavailable"
     NO_SERVERS = "no_servers"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    PROTOCOL_ERROR = "protocol_error"
+    BUDGET_EXHAUSTED = "budget_exhausted"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -140,6 +143,9 @@ SPEED_RESULT_CODES: dict[SpeedResult, int] = {
     SpeedResult.CONFIG_UNAVAILABLE: 7,
     SpeedResult.NO_SERVERS: 8,
     SpeedResult.CANCELLED: 9,
+    SpeedResult.INTERRUPTED: 10,
+    SpeedResult.PROTOCOL_ERROR: 11,
+    SpeedResult.BUDGET_EXHAUSTED: 12,
     SpeedResult.INTERNAL_ERROR: 99,
 }
 
@@ -167,6 +173,7 @@ class SpeedMeasurement(_Strict):
     download_mbps: Mbps | None = None
     upload_mbps: Mbps | None = None
     latency_ms: Millis | None = None
+    jitter_ms: Millis | None = None
     meets_threshold: bool | None = None
     bytes_received: ByteCount = 0
     bytes_sent: ByteCount = 0
@@ -180,10 +187,18 @@ class SpeedMeasurement(_Strict):
             raise ValueError(
                 f"result_code {self.result_code} does not match result {self.result.value!r}"
             )
-        figures = (self.download_mbps, self.upload_mbps, self.latency_ms, self.meets_threshold)
+        figures = (
+            self.download_mbps,
+            self.upload_mbps,
+            self.latency_ms,
+            self.jitter_ms,
+            self.meets_threshold,
+        )
         if self.result is SpeedResult.SUCCESS:
             if self.download_mbps is None or any(f is None for f in figures):
-                raise ValueError("a successful test carries download, upload, latency and verdict")
+                raise ValueError(
+                    "a successful test carries download, upload, latency, jitter and verdict"
+                )
             if self.meets_threshold != (self.download_mbps >= self.threshold_mbps):
                 raise ValueError("meets_threshold disagrees with download_mbps and threshold_mbps")
         elif any(f is not None for f in figures):

@@ -49,6 +49,8 @@ class SpeedtestSettings(BaseModel):
     server_url: str | None = None
     server_name: str | None = None
     threshold_mbps: float = Field(default=20.0, gt=0, le=100_000)
+    method: Literal["stable", "speedtest-cli"] = "stable"
+    connections: int | None = Field(default=None, ge=1, le=32)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     interval_hours: float = Field(default=6.0, gt=0, le=24 * 31)
 

@@ -9,7 +9,7 @@ from typing import Protocol, TextIO
 
 class Progress(Protocol):
     def phase(self, name: str) -> None: ...
-    def step(self, done: int, total: int) -> None: ...
+    def step(self, done: float, total: float, note: str = "") -> None: ...
     def figure(self, label: str, value: str) -> None: ...
 
 
@@ -17,7 +17,7 @@ class SilentProgress:
     def phase(self, name: str) -> None:
         pass
 
-    def step(self, done: int, total: int) -> None:
+    def step(self, done: float, total: float, note: str = "") -> None:
         pass
 
     def figure(self, label: str, value: str) -> None:
@@ -25,7 +25,7 @@ class SilentProgress:
 
 
 class TerminalProgress:
-    """Draws ``Download [#######.......] 28/40`` on one line of ``stream``."""
+    """Draws ``Download   [#######.......] 48.2 Mbps`` on one line of ``stream``."""
 
     WIDTH = 30
 
@@ -40,11 +40,12 @@ class TerminalProgress:
             self._stream.write(f"{name}...")
             self._stream.flush()
 
-    def step(self, done: int, total: int) -> None:
-        filled = self.WIDTH * done // max(total, 1)
+    def step(self, done: float, total: float, note: str = "") -> None:
+        filled = min(self.WIDTH, int(self.WIDTH * done / max(total, 1e-9)))
         bar = "#" * filled + "." * (self.WIDTH - filled)
+        shown = note or f"{done:g}/{total:g}"
         with self._lock:
-            self._stream.write(f"\r{self._phase:<10} [{bar}] {done}/{total}")
+            self._stream.write(f"\r\033[K{self._phase:<10} [{bar}] {shown}")
             self._stream.flush()
 
     def figure(self, label: str, value: str) -> None:

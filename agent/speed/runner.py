@@ -1,4 +1,13 @@
-"""Run one speed test with speedtest-cli and turn every outcome into a SpeedMeasurement.
+"""Run one speed test and turn every outcome into a SpeedMeasurement.
+
+speedtest-cli finds the server (Ookla's selection, or a self-hosted mini
+server); latency and jitter are measured against it; then each direction is
+measured by the configured method:
+
+- ``stable`` (default): persistent connections, warm-up discarded, stopped
+  once the rate is stable (transfer.py, stable_rate.py);
+- ``speedtest-cli``: speedtest-cli's own download() and upload(), all bytes
+  over all the time, kept to compare with the figures of earlier tools.
 
 A failed test is data: it comes back with a ``result`` and ``result_code``
 and no figures, never as an exception.
@@ -7,8 +16,6 @@ and no figures, never as an exception.
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
 import threading
 import time
 import urllib.error
@@ -30,26 +37,27 @@ from agent.contract import (
     utc_now,
 )
 from agent.settings import SpeedtestSettings
+from agent.speed.endpoint import Endpoint, SpeedTestFailed, classify
+from agent.speed.latency import Latency, measure_latency
 from agent.speed.progress import Progress, SilentProgress
 from agent.speed.self_hosted import SelfHostedSpeedtest
+from agent.speed.transfer import Direction, choose_connections, transfer
 
 log = logging.getLogger(__name__)
-
-_UNREACHABLE_LATENCY_MS = 1_000_000  # speedtest-cli scores a failed ping as 3600 s
-
-
-class SpeedTestFailed(Exception):
-    """A classified failure: becomes a result with no figures."""
-
-    def __init__(self, result: SpeedResult, message: str) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 @dataclass(frozen=True)
 class TimedMeasurement:
     started_at: datetime
     measurement: SpeedMeasurement
+
+
+@dataclass(frozen=True)
+class _Figures:
+    download_bps: float
+    upload_bps: float
+    bytes_received: int
+    bytes_sent: int
 
 
 class StopFlag:
@@ -60,6 +68,9 @@ class StopFlag:
 
     def set(self) -> None:
         self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
 
     def isSet(self) -> bool:  # noqa: N802 - speedtest-cli's name
         return self._event.is_set()
@@ -84,25 +95,6 @@ def self_hosted_server(settings: SpeedtestSettings) -> SpeedServer:
     )
 
 
-def classify(exc: BaseException, doing: str) -> SpeedTestFailed:
-    """Name a network error: DNS, refused, timeout, TLS or HTTP status."""
-    reason: object = exc
-    if isinstance(exc, urllib.error.HTTPError):
-        return SpeedTestFailed(SpeedResult.HTTP_ERROR, f"{doing}: HTTP {exc.code} {exc.reason}")
-    if isinstance(exc, urllib.error.URLError):
-        reason = exc.reason
-    if isinstance(reason, socket.gaierror):
-        return SpeedTestFailed(SpeedResult.DNS_ERROR, f"{doing}: DNS lookup failed ({reason})")
-    if isinstance(reason, TimeoutError | socket.timeout):
-        return SpeedTestFailed(SpeedResult.TIMEOUT, f"{doing}: timed out")
-    if isinstance(reason, ssl.SSLError):
-        return SpeedTestFailed(SpeedResult.CONNECTION_FAILED, f"{doing}: TLS error ({reason})")
-    if isinstance(reason, OSError):
-        detail = reason.strerror or str(reason)
-        return SpeedTestFailed(SpeedResult.CONNECTION_FAILED, f"{doing}: {detail}")
-    return SpeedTestFailed(SpeedResult.CONNECTION_FAILED, f"{doing}: {reason}")
-
-
 class SpeedTester:
     """Runs speed tests as configured: a self-hosted server, or Ookla's selection."""
 
@@ -110,37 +102,50 @@ class SpeedTester:
         self._settings = settings
         self.stop = StopFlag()
 
-    def measure(self, progress: Progress | None = None) -> TimedMeasurement:
+    def measure(
+        self, progress: Progress | None = None, *, max_bytes: int | None = None
+    ) -> TimedMeasurement:
+        """One test; ``max_bytes`` caps the data each direction may use."""
         progress = progress or SilentProgress()
         started_at = utc_now()
         started = time.monotonic()
         server = self_hosted_server(self._settings) if self._settings.server_url else None
-        tester: Any = None
+        moved = [0, 0]
         try:
-            tester, server = self._prepare(server, progress)
-            measurement = self._transfer(tester, server, progress, started)
+            tester, server, endpoint = self._prepare(server, progress)
+            latency = measure_latency(endpoint, timeout_s=self._settings.timeout_s)
+            progress.figure(
+                "Latency", f"{latency.median_ms:.1f} ms, jitter {latency.jitter_ms:.1f} ms"
+            )
+            figures = self._transfer(tester, endpoint, latency, progress, moved, max_bytes)
+            measurement = self._success(server, latency, figures, started)
         except SpeedTestFailed as failure:
-            measurement = self._failed(failure.result, str(failure), server, tester, started)
+            measurement = self._failed(failure.result, str(failure), server, moved, started)
         except speedtest.SpeedtestException as exc:
-            named = self._classify_speedtest_error(exc)
-            measurement = self._failed(named.result, str(named), server, tester, started)
+            named = _classify_speedtest_error(exc)
+            measurement = self._failed(named.result, str(named), server, moved, started)
         except Exception as exc:  # failure is data: a bug must not kill the agent's loop
             log.exception("speed test crashed")
             measurement = self._failed(
-                SpeedResult.INTERNAL_ERROR, f"internal error: {exc!r}", server, tester, started
+                SpeedResult.INTERNAL_ERROR, f"internal error: {exc!r}", server, moved, started
             )
         return TimedMeasurement(started_at, measurement)
 
     # -- steps -----------------------------------------------------------
 
-    def _prepare(self, server: SpeedServer | None, progress: Progress) -> tuple[Any, SpeedServer]:
+    def _prepare(
+        self, server: SpeedServer | None, progress: Progress
+    ) -> tuple[Any, SpeedServer, Endpoint]:
         timeout = self._settings.timeout_s
         if server is not None:
             progress.phase(f"Server {server.name}")
             self._check_self_hosted(server.url)
             tester = SelfHostedSpeedtest(timeout=timeout, shutdown_event=self.stop)
             tester.set_mini_server(server.url)
-            best = tester.get_best_server(tester.servers)
+            if self._settings.method == "speedtest-cli":
+                best = tester.get_best_server(tester.servers)  # its transfers need "best"
+            else:
+                best = tester.servers[0]
         else:
             progress.phase("Finding the best Ookla server")
             try:
@@ -158,12 +163,7 @@ class SpeedTester:
                 name=f"{best.get('sponsor', '')} ({best.get('name', '')})"[:200],
                 url=str(best["url"])[:500],
             )
-        if best["latency"] >= _UNREACHABLE_LATENCY_MS:
-            raise SpeedTestFailed(
-                SpeedResult.CONNECTION_FAILED, f"no answer to latency probes from {server.name}"
-            )
-        progress.figure("Latency", f"{best['latency']:.1f} ms ({server.name})")
-        return tester, server
+        return tester, server, Endpoint(str(best["url"]))
 
     def _check_self_hosted(self, base: str) -> None:
         """Reach the server once ourselves, so a failure gets its real cause."""
@@ -180,32 +180,72 @@ class SpeedTester:
             )
 
     def _transfer(
-        self, tester: Any, server: SpeedServer, progress: Progress, started: float
-    ) -> SpeedMeasurement:
+        self,
+        tester: Any,
+        endpoint: Endpoint,
+        latency: Latency,
+        progress: Progress,
+        moved: list[int],
+        max_bytes: int | None,
+    ) -> _Figures:
+        if self._settings.method == "speedtest-cli":
+            return self._transfer_speedtest_cli(tester, progress, moved)
+        connections = self._settings.connections or choose_connections(latency.rtt_s)
+        rates = []
+        for index, direction in enumerate((Direction.DOWNLOAD, Direction.UPLOAD)):
+            progress.phase(direction.value.capitalize())
+            result = transfer(
+                direction,
+                endpoint,
+                rtt_s=latency.rtt_s,
+                connections=connections,
+                timeout_s=self._settings.timeout_s,
+                stop=self.stop,
+                progress=progress,
+                max_bytes=None if max_bytes is None else max(0, max_bytes - sum(moved)),
+            )
+            moved[index] = result.bytes_moved
+            if result.bytes_moved == 0:
+                raise SpeedTestFailed(SpeedResult.NO_DATA, f"no {direction.value} data moved")
+            rates.append(result.verdict.mbps * 1e6)
+            progress.figure(direction.value.capitalize(), f"{result.verdict.mbps:.2f} Mbps")
+        return _Figures(rates[0], rates[1], moved[0], moved[1])
+
+    def _transfer_speedtest_cli(
+        self, tester: Any, progress: Progress, moved: list[int]
+    ) -> _Figures:
         progress.phase("Download")
         download_bps = tester.download(callback=_counter(progress))
-        if tester.results.bytes_received == 0:
-            raise SpeedTestFailed(SpeedResult.NO_DATA, f"no data received from {server.name}")
+        moved[0] = int(tester.results.bytes_received)
+        if moved[0] == 0:
+            raise SpeedTestFailed(SpeedResult.NO_DATA, "no download data moved")
         progress.figure("Download", f"{download_bps / 1e6:.2f} Mbps")
         progress.phase("Upload")
         upload_bps = tester.upload(callback=_counter(progress), pre_allocate=True)
-        if tester.results.bytes_sent == 0:
-            raise SpeedTestFailed(SpeedResult.NO_DATA, f"no data accepted by {server.name}")
+        moved[1] = int(tester.results.bytes_sent)
+        if moved[1] == 0:
+            raise SpeedTestFailed(SpeedResult.NO_DATA, "no upload data moved")
         progress.figure("Upload", f"{upload_bps / 1e6:.2f} Mbps")
         if self.stop.isSet():
             raise SpeedTestFailed(SpeedResult.CANCELLED, "speed test cancelled")
-        download_mbps = round(download_bps / 1e6, 3)
+        return _Figures(download_bps, upload_bps, moved[0], moved[1])
+
+    def _success(
+        self, server: SpeedServer, latency: Latency, figures: _Figures, started: float
+    ) -> SpeedMeasurement:
+        download_mbps = round(figures.download_bps / 1e6, 3)
         threshold = self._settings.threshold_mbps
         return SpeedMeasurement(
             result=SpeedResult.SUCCESS,
             result_code=SPEED_RESULT_CODES[SpeedResult.SUCCESS],
             threshold_mbps=threshold,
             download_mbps=download_mbps,
-            upload_mbps=round(upload_bps / 1e6, 3),
-            latency_ms=round(float(tester.results.ping), 3),
+            upload_mbps=round(figures.upload_bps / 1e6, 3),
+            latency_ms=latency.median_ms,
+            jitter_ms=latency.jitter_ms,
             meets_threshold=download_mbps >= threshold,
-            bytes_received=int(tester.results.bytes_received),
-            bytes_sent=int(tester.results.bytes_sent),
+            bytes_received=figures.bytes_received,
+            bytes_sent=figures.bytes_sent,
             duration_s=round(time.monotonic() - started, 3),
             server=server,
         )
@@ -215,33 +255,32 @@ class SpeedTester:
         result: SpeedResult,
         message: str,
         server: SpeedServer | None,
-        tester: Any,
+        moved: list[int],
         started: float,
     ) -> SpeedMeasurement:
-        results = getattr(tester, "results", None)
         return SpeedMeasurement.failed(
             result,
             message,
             threshold_mbps=self._settings.threshold_mbps,
             server=server,
             duration_s=round(time.monotonic() - started, 3),
-            bytes_received=int(getattr(results, "bytes_received", 0) or 0),
-            bytes_sent=int(getattr(results, "bytes_sent", 0) or 0),
+            bytes_received=moved[0],
+            bytes_sent=moved[1],
         )
 
-    @staticmethod
-    def _classify_speedtest_error(exc: speedtest.SpeedtestException) -> SpeedTestFailed:
-        if isinstance(exc, speedtest.NoMatchedServers):
-            return SpeedTestFailed(SpeedResult.NO_SERVERS, "no Ookla server matched")
-        if isinstance(exc, speedtest.SpeedtestConfigError):
-            return SpeedTestFailed(SpeedResult.CONFIG_UNAVAILABLE, f"bad configuration: {exc}")
-        if isinstance(
-            exc, speedtest.SpeedtestMiniConnectFailure | speedtest.InvalidSpeedtestMiniServer
-        ):
-            return SpeedTestFailed(SpeedResult.INVALID_SERVER, str(exc))
-        if isinstance(exc, speedtest.SpeedtestBestServerFailure):
-            return SpeedTestFailed(SpeedResult.CONNECTION_FAILED, str(exc))
-        return SpeedTestFailed(SpeedResult.INTERNAL_ERROR, f"speedtest-cli: {exc!r}")
+
+def _classify_speedtest_error(exc: speedtest.SpeedtestException) -> SpeedTestFailed:
+    if isinstance(exc, speedtest.NoMatchedServers):
+        return SpeedTestFailed(SpeedResult.NO_SERVERS, "no Ookla server matched")
+    if isinstance(exc, speedtest.SpeedtestConfigError):
+        return SpeedTestFailed(SpeedResult.CONFIG_UNAVAILABLE, f"bad configuration: {exc}")
+    if isinstance(
+        exc, speedtest.SpeedtestMiniConnectFailure | speedtest.InvalidSpeedtestMiniServer
+    ):
+        return SpeedTestFailed(SpeedResult.INVALID_SERVER, str(exc))
+    if isinstance(exc, speedtest.SpeedtestBestServerFailure):
+        return SpeedTestFailed(SpeedResult.CONNECTION_FAILED, str(exc))
+    return SpeedTestFailed(SpeedResult.INTERNAL_ERROR, f"speedtest-cli: {exc!r}")
 
 
 def _counter(progress: Progress) -> Callable[..., None]:

@@ -1,0 +1,133 @@
+"""The rate of a transfer once it is stable: warm-up discarded, stopped as soon as it settles.
+
+speedtest-cli divides all bytes by the whole wall time, so TCP's slow start
+counts against the link; on a satellite round trip of 600 ms that alone
+halves the figure. Here the transfer is sampled every 100 ms and judged on a
+*stretch* that starts after the first bytes arrive:
+
+- when the second half of the stretch is faster than the first by more than
+  ``tolerance``, the rate is still growing: the first half is warm-up, dropped;
+- when both halves agree within ``tolerance`` and the stretch is long enough
+  (``min_stable_s``, longer on long round trips), the rate is stable: the test
+  stops and reports the mean rate over the stretch;
+- at ``max_duration_s`` (or when the data budget is spent) it reports the
+  mean over the stretch it has.
+
+>>> rate = StableRate(rtt_s=0.08)
+>>> rate.add(0.1, 125_000)   # seconds since start, bytes so far
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StableRateVerdict:
+    mbps: float
+    stable: bool  # False: cut short by time or budget before both halves agreed
+    warmup_s: float
+    measured_s: float
+
+
+def plan_durations(rtt_s: float) -> tuple[float, float]:
+    """(shortest stable stretch, longest whole test) for a link with this idle round trip.
+
+    A stretch must span many round trips so that TCP's sawtooth averages out;
+    long links also need longer to warm up, so they may run longer.
+    """
+    min_stable = max(2.0, 8 * rtt_s)
+    max_duration = min(40.0, max(8.0, 6.0 + 40 * rtt_s))
+    return min_stable, max_duration
+
+
+class StableRate:
+    def __init__(
+        self,
+        rtt_s: float,
+        *,
+        tolerance: float = 0.03,
+        min_stable_s: float | None = None,
+        max_duration_s: float | None = None,
+    ) -> None:
+        planned_stable, planned_max = plan_durations(rtt_s)
+        self.tolerance = tolerance
+        self.min_stable_s = min_stable_s if min_stable_s is not None else planned_stable
+        self.max_duration_s = max_duration_s if max_duration_s is not None else planned_max
+        self._times: list[float] = [0.0]
+        self._bytes: list[int] = [0]
+        self._start: float | None = None  # start of the stretch under judgement
+
+    @property
+    def total_bytes(self) -> int:
+        return self._bytes[-1]
+
+    @property
+    def elapsed(self) -> float:
+        return self._times[-1]
+
+    def add(self, at_s: float, total_bytes: int) -> None:
+        """Record that ``total_bytes`` had moved ``at_s`` seconds after the start."""
+        if at_s <= self._times[-1]:
+            return
+        self._times.append(at_s)
+        self._bytes.append(total_bytes)
+        if self._start is None and total_bytes > 0:
+            self._start = self._times[-2]  # the stretch starts with the first bytes
+
+    def verdict(self) -> StableRateVerdict | None:
+        """The rate once it is stable, or None while the test should go on."""
+        if self._start is None:
+            return None
+        while self.elapsed - self._start >= self.min_stable_s:
+            middle = (self._start + self.elapsed) / 2
+            first = self._rate(self._start, middle)
+            second = self._rate(middle, self.elapsed)
+            if second > first * (1 + self.tolerance):
+                self._start = middle  # still growing: that half was warm-up
+                continue
+            if abs(second - first) <= self.tolerance * max(first, second):
+                return self._conclude(stable=True)
+            return None  # falling or noisy: let more samples decide
+        return None
+
+    def final(self) -> StableRateVerdict:
+        """The best figure available now (time is up, or the budget is spent)."""
+        if self._start is None or self.elapsed <= self._start:
+            return StableRateVerdict(0.0, stable=False, warmup_s=self.elapsed, measured_s=0.0)
+        if self.elapsed - self._start >= 2 * self.min_stable_s:
+            middle = (self._start + self.elapsed) / 2
+            if self._rate(middle, self.elapsed) > self._rate(self._start, middle) * (
+                1 + self.tolerance
+            ):
+                self._start = middle  # the first half was still warm-up
+        return self._conclude(stable=False)
+
+    def _conclude(self, *, stable: bool) -> StableRateVerdict:
+        assert self._start is not None  # noqa: S101 - callers check
+        bps = self._rate(self._start, self.elapsed) * 8
+        return StableRateVerdict(
+            mbps=bps / 1e6,
+            stable=stable,
+            warmup_s=self._start,
+            measured_s=self.elapsed - self._start,
+        )
+
+    def _rate(self, start: float, end: float) -> float:
+        """Bytes per second between two moments, interpolating between samples."""
+        if end <= start:
+            return 0.0
+        return (self._bytes_at(end) - self._bytes_at(start)) / (end - start)
+
+    def _bytes_at(self, moment: float) -> float:
+        i = bisect.bisect_left(self._times, moment)
+        if i < len(self._times) and self._times[i] == moment:
+            return float(self._bytes[i])
+        if i == 0:
+            return float(self._bytes[0])
+        if i >= len(self._times):
+            return float(self._bytes[-1])
+        t0, t1 = self._times[i - 1], self._times[i]
+        b0, b1 = self._bytes[i - 1], self._bytes[i]
+        return b0 + (b1 - b0) * (moment - t0) / (t1 - t0)

@@ -1,0 +1,246 @@
+"""One direction of a speed test: several persistent connections, sampled every 100 ms.
+
+Each connection is an HTTP/1.1 keep-alive stream that downloads
+``random4000x4000.jpg`` (or uploads 4 MB bodies) again and again, so TCP
+warms up once per connection instead of once per file as with speedtest-cli.
+Downloads count the bytes read; uploads count the bytes the server's TCP
+acknowledged (``tcpi_bytes_acked``), not the bytes handed to the kernel,
+which would run ahead by a socket buffer. :class:`StableRate` decides when
+the rate is stable.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from agent.contract import SpeedResult
+from agent.speed.endpoint import Endpoint, SpeedTestFailed, classify
+from agent.speed.progress import Progress
+from agent.speed.stable_rate import StableRate, StableRateVerdict
+
+SAMPLE_EVERY_S = 0.1
+UPLOAD_BODY_BYTES = 4 * 1024 * 1024
+_UPLOAD_BODY = memoryview(os.urandom(UPLOAD_BODY_BYTES))
+_READ_CHUNK = 64 * 1024
+_TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (Linux 4.1+)
+# A stream's own socket timeout only guards against a dead peer: one 4 MB upload
+# on a slow share of a link may take longer than the test's timeout to be answered.
+# Stalls are caught for the transfer as a whole (nothing moved for timeout_s).
+STREAM_SOCKET_TIMEOUT_S = 120.0
+
+
+class Direction(StrEnum):
+    DOWNLOAD = "download"
+    UPLOAD = "upload"
+
+
+class StopSignal(Protocol):
+    def isSet(self) -> bool: ...  # noqa: N802 - speedtest-cli's spelling, shared with it
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    verdict: StableRateVerdict
+    bytes_moved: int
+    duration_s: float
+    connections: int
+
+
+def choose_connections(rtt_s: float) -> int:
+    """16 connections on any link but a short one, 8 there.
+
+    Each TCP connection is held to about its window per round trip (a few MB
+    with default buffers: ~40 Mbps at 600 ms), and on a lossy link each one's
+    rate falls with the round trip; many connections together fill the link.
+    On short links 8 already do, with less work for a small computer.
+    """
+    return 8 if rtt_s < 0.020 else 16
+
+
+def bytes_acked(sock: socket.socket) -> int | None:
+    """What the peer acknowledged on ``sock``, from the kernel; None where unavailable."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (OSError, AttributeError):
+        return None
+    if len(info) < _TCP_INFO_BYTES_ACKED + 8:
+        return None
+    return int(struct.unpack_from("Q", info, _TCP_INFO_BYTES_ACKED)[0])
+
+
+class _Stream(threading.Thread):
+    """One persistent connection moving data in one direction until stopped."""
+
+    def __init__(self, endpoint: Endpoint, direction: Direction) -> None:
+        super().__init__(daemon=True, name=f"speed-{direction.value}")
+        self._endpoint = endpoint
+        self._direction = direction
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._connection: http.client.HTTPConnection | None = None
+        self._done = 0  # downloads: bytes read; uploads: acknowledged on earlier sockets
+        self._sock: socket.socket | None = None  # the upload socket last read
+        self._acked = 0  # what the peer acknowledged on it, as last read
+        self.error: SpeedTestFailed | None = None
+
+    def moved(self) -> int:
+        if self._direction is Direction.DOWNLOAD:
+            return self._done
+        with self._lock:
+            sock = self._connection.sock if self._connection else None
+            if sock is not self._sock:  # http.client reconnected: bank the old socket's count
+                self._done += self._acked
+                self._sock, self._acked = sock, 0
+            if sock is not None:
+                current = bytes_acked(sock)
+                if current is not None:
+                    self._acked = max(0, current - 1)  # the SYN counts one byte
+            return self._done + self._acked
+
+    def stop(self) -> None:
+        self.moved()  # the last count, before the socket goes away
+        self._stopped.set()
+        with self._lock:
+            sock = self._connection.sock if self._connection else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def run(self) -> None:
+        doing = f"{self._direction.value} from {self._endpoint.directory}"
+        try:
+            connection = self._endpoint.connection(STREAM_SOCKET_TIMEOUT_S)
+            connection.connect()
+            with self._lock:
+                self._connection = connection
+            while not self._stopped.is_set():
+                if self._direction is Direction.DOWNLOAD:
+                    self._download_once(connection)
+                else:
+                    self._upload_once(connection)
+        except SpeedTestFailed as failure:
+            if not self._stopped.is_set():
+                self.error = failure
+        except (OSError, http.client.HTTPException) as exc:
+            if not self._stopped.is_set():
+                self.error = classify(exc, doing)
+        finally:
+            with self._lock:
+                if self._connection is not None:
+                    self._connection.close()
+
+    def _download_once(self, connection: http.client.HTTPConnection) -> None:
+        connection.request("GET", f"{self._endpoint.download_path}?x={time.time_ns()}")
+        reply = connection.getresponse()
+        if reply.status != 200:
+            raise SpeedTestFailed(
+                SpeedResult.HTTP_ERROR,
+                f"download from {self._endpoint.directory}: HTTP {reply.status} {reply.reason}",
+            )
+        while not self._stopped.is_set():
+            # read1 returns what has arrived; readinto would wait to fill its buffer,
+            # and the count would move in steps too coarse to time a slow link.
+            read = len(reply.read1(_READ_CHUNK))
+            if not read:
+                break
+            self._done += read
+
+    def _upload_once(self, connection: http.client.HTTPConnection) -> None:
+        connection.request(
+            "POST",
+            f"{self._endpoint.upload_path}?x={time.time_ns()}",
+            body=_UPLOAD_BODY,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        reply = connection.getresponse()
+        reply.read()
+        if reply.status != 200:
+            raise SpeedTestFailed(
+                SpeedResult.HTTP_ERROR,
+                f"upload to {self._endpoint.directory}: HTTP {reply.status} {reply.reason}",
+            )
+
+
+def transfer(
+    direction: Direction,
+    endpoint: Endpoint,
+    *,
+    rtt_s: float,
+    connections: int,
+    timeout_s: float,
+    stop: StopSignal,
+    progress: Progress,
+    max_bytes: int | None = None,
+) -> TransferResult:
+    """Move data until the rate is stable, time is up, or ``max_bytes`` moved; or fail."""
+    rate = StableRate(rtt_s)
+    streams = [_Stream(endpoint, direction) for _ in range(connections)]
+    started = time.monotonic()
+    for stream in streams:
+        stream.start()
+    last_progress_at, last_total = started, 0
+    try:
+        while True:
+            time.sleep(SAMPLE_EVERY_S)
+            now = time.monotonic()
+            elapsed = now - started
+            total = sum(stream.moved() for stream in streams)
+            rate.add(elapsed, total)
+            progress.step(
+                elapsed, rate.max_duration_s, f"{total * 8 / max(elapsed, 1e-3) / 1e6:.1f} Mbps"
+            )
+            if total > last_total:
+                last_progress_at, last_total = now, total
+            if stop.isSet():
+                raise SpeedTestFailed(SpeedResult.CANCELLED, "speed test cancelled")
+            if verdict := rate.verdict():
+                break
+            if elapsed >= rate.max_duration_s or (max_bytes is not None and total >= max_bytes):
+                verdict = rate.final()
+                break
+            _check_streams(streams, total, now - last_progress_at, timeout_s, endpoint)
+    finally:
+        for stream in streams:
+            stream.stop()
+        for stream in streams:
+            stream.join(timeout=timeout_s)
+    moved = sum(stream.moved() for stream in streams)
+    return TransferResult(verdict, moved, time.monotonic() - started, connections)
+
+
+def _check_streams(
+    streams: list[_Stream], total: int, stalled_s: float, timeout_s: float, endpoint: Endpoint
+) -> None:
+    """Fail when every connection died, or nothing moved for ``timeout_s``."""
+    failed = [s.error for s in streams if s.error is not None and not s.is_alive()]
+    if len(failed) == len(streams):
+        first = failed[0]
+        if (
+            total > 0
+            and first is not None
+            and first.result
+            in (
+                SpeedResult.TIMEOUT,
+                SpeedResult.CONNECTION_FAILED,
+            )
+        ):
+            raise SpeedTestFailed(SpeedResult.INTERRUPTED, f"link lost mid-test: {first}")
+        raise first if first is not None else SpeedTestFailed(SpeedResult.NO_DATA, "no data")
+    if stalled_s >= timeout_s:
+        if total == 0:
+            raise SpeedTestFailed(
+                SpeedResult.TIMEOUT, f"no data from {endpoint.directory} in {timeout_s:g} s"
+            )
+        raise SpeedTestFailed(
+            SpeedResult.INTERRUPTED, f"link lost mid-test: no data for {timeout_s:g} s"
+        )
