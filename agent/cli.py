@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run the agent (the daemon)",
         description="Run the agent: publish its status, test the speed on schedule, "
-        "until stopped with SIGTERM or Ctrl-C.",
+        "until stopped with SIGTERM or Ctrl-C. SIGUSR1 asks for a speed test now "
+        "(systemctl kill -s USR1 school-agent).",
     )
     run.add_argument(
         "--once",
@@ -83,8 +84,12 @@ def _run(settings: AgentSettings, *, once: bool) -> int:
         log.info("received %s, stopping", signal.Signals(signum).name)
         agent.stop()
 
+    def on_usr1(_signum: int, _frame: FrameType | None) -> None:
+        agent.trigger()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_usr1)
     if not once:
         agent.run_forever()
         return 0
@@ -101,7 +106,7 @@ def _run(settings: AgentSettings, *, once: bool) -> int:
 
 def _speedtest(settings: AgentSettings, *, as_json: bool) -> int:
     progress = TerminalProgress() if sys.stderr.isatty() and not as_json else SilentProgress()
-    measurement = SpeedTester(settings.speedtest).measure(progress).measurement
+    measurement = SpeedTester(settings.speedtest).measure(progress)
     if as_json:
         print(measurement.model_dump_json())
     else:

@@ -314,6 +314,8 @@ class AgentStatus(Envelope):
     version: Annotated[str, StringConstraints(max_length=40)]
     boot_id: MessageId
     host: HostHealth | None = None
+    data_used_month_bytes: ByteCount | None = None
+    data_budget_month_bytes: ByteCount | None = None
 
     @model_validator(mode="after")
     def _online_carries_health(self) -> Self:

@@ -1,32 +1,39 @@
-"""The agent's work: measure, publish, repeat (or once)."""
+"""The agent's work: publish its status, test the speed on schedule, repeat (or once)."""
 
 from __future__ import annotations
 
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from agent import __version__
 from agent.broker import BrokerError
+from agent.budget import MB, DataBudget
+from agent.clock import Clock, SystemClock
 from agent.contract import (
     AgentState,
+    AgentStatus,
+    SpeedMeasurement,
     SpeedReport,
+    SpeedResult,
     StatusReason,
     TopicKind,
 )
 from agent.host_health import prime_cpu_meter, read_host_health
 from agent.identity import ensure_state_dir, load_agent_id, new_boot_id
 from agent.publisher import Publisher
+from agent.schedule import SpeedSchedule
 from agent.settings import AgentSettings
 from agent.speed.progress import Progress
 from agent.speed.runner import SpeedTester
 
 log = logging.getLogger(__name__)
 
-FIRST_TEST_DELAY_S = (5.0, 60.0)  # a fleet rebooting together must not test together
+# Results that a retry 15 minutes later will not change.
+NOT_RETRIED = frozenset({SpeedResult.SUCCESS, SpeedResult.BUDGET_EXHAUSTED, SpeedResult.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -36,13 +43,20 @@ class OnceSummary:
 
 
 class Agent:
-    """One school's agent: its identity, its broker connection, its speed tester."""
+    """One school's agent: its identity, broker connection, speed tester, schedule and budget."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         settings.require_for_run()
         assert settings.school_id is not None  # noqa: S101 - checked by require_for_run
         self.settings = settings
         self.school_id = settings.school_id
+        self.clock = clock or SystemClock()
         state_dir = ensure_state_dir(settings.state_dir)
         self.agent_id = settings.agent_id or load_agent_id(state_dir)
         self.boot_id = new_boot_id()
@@ -54,12 +68,29 @@ class Agent:
             version=__version__,
         )
         self.tester = SpeedTester(settings.speedtest)
+        plan = settings.schedule
+        self.schedule = SpeedSchedule(
+            plan.parsed_windows(),
+            plan.tz(),
+            rng or random.Random(),  # noqa: S311 - spreading a fleet, not secrecy
+            retries=plan.retries,
+            retry_interval=timedelta(minutes=plan.retry_interval_min),
+        )
+        self.budget = DataBudget(state_dir, settings.speedtest.monthly_budget_mb, plan.tz())
         self._stopping = threading.Event()
+        self._wanted = threading.Event()  # a manual test was asked for
+        self._wake = threading.Event()
 
     def stop(self) -> None:
         """Ask the loop to end (from a signal handler): the running test is cut short."""
         self._stopping.set()
         self.tester.stop.set()
+        self._wake.set()
+
+    def trigger(self) -> None:
+        """Ask for a speed test now, outside the schedule (SIGUSR1)."""
+        self._wanted.set()
+        self._wake.set()
 
     # -- once ------------------------------------------------------------
 
@@ -68,15 +99,15 @@ class Agent:
         prime_cpu_meter()
         self.publisher.connect()
         try:
-            time.sleep(0.2)  # let the CPU meter average over a moment, not an instant
+            self.clock.wait(0.2, self._wake)  # let the CPU meter average over a moment
             mids = [self._publish_status(StatusReason.STARTED)]
-            report = self._measure_speed(progress)
+            report = self._speed_test(progress)
             mids.append(self.publisher.publish(report, TopicKind.SPEED))
             self.publisher.wait_acked(mids, self.settings.mqtt.ack_timeout_s)
         except BrokerError:
             self.publisher.close()
             raise
-        self.publisher.close(self.publisher.status(AgentState.OFFLINE, StatusReason.STOPPED))
+        self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
         return OnceSummary(report, len(mids))
 
     # -- daemon ----------------------------------------------------------
@@ -84,69 +115,95 @@ class Agent:
     def run_forever(self) -> None:
         prime_cpu_meter()
         self.publisher.start()
+        now = self.clock.now()
+        next_status = now
+        if self.settings.schedule.startup_test:
+            next_test = self.schedule.start(now)
+        else:
+            next_test = self.schedule.next_slot(now)
         log.info(
-            "agent %s for school %s started; broker %s",
+            "agent %s for school %s started; broker %s; first speed test at %s",
             self.agent_id,
             self.school_id,
             self.publisher.address,
+            _local(next_test, self.settings),
         )
-        now = time.monotonic()
-        next_status = now
-        next_speed = now + random.uniform(*FIRST_TEST_DELAY_S)  # noqa: S311 - spreading, not secrecy
         reason = StatusReason.STARTED
         while not self._stopping.is_set():
-            now = time.monotonic()
+            now = self.clock.now()
             if now >= next_status:
                 self._unattended(self._publish_status, reason)
                 reason = StatusReason.HEARTBEAT
-                next_status = now + self.settings.status_interval_s
-            if now >= next_speed:
-                self._unattended(self._publish_speed)
-                next_speed = time.monotonic() + self._speed_interval()
+                next_status = now + timedelta(seconds=self.settings.status_interval_s)
+            if self._wanted.is_set():
+                self._wanted.clear()
+                log.info("speed test asked for by hand")
+                self._unattended(self._test_and_publish)
+            if now >= next_test:
+                result = self._unattended(self._test_and_publish)
+                next_test = self.schedule.after_test(
+                    self.clock.now(), succeeded=result in NOT_RETRIED
+                )
+                log.info("next speed test at %s", _local(next_test, self.settings))
             self._unattended(self._log_broker_answers)
-            self._stopping.wait(max(0.0, min(next_status, next_speed) - time.monotonic()))
-        self.publisher.close(self.publisher.status(AgentState.OFFLINE, StatusReason.STOPPED))
+            until = min(next_status, next_test)
+            if self.clock.wait((until - self.clock.now()).total_seconds(), self._wake):
+                self._wake.clear()
+        self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
         log.info("agent stopped")
 
     # -- steps -----------------------------------------------------------
 
     @staticmethod
-    def _unattended(step: Callable[..., object], *args: object) -> None:
+    def _unattended(step: Callable[..., object], *args: object) -> object:
         """Run one step of the daemon; a bug is logged, and the agent keeps working."""
         try:
-            step(*args)
+            return step(*args)
         except Exception:
             log.exception("%s failed; carrying on", getattr(step, "__name__", "a step"))
+            return None
 
-    def _publish_speed(self) -> int:
-        return self.publisher.publish(self._measure_speed(None), TopicKind.SPEED)
+    def _test_and_publish(self) -> SpeedResult:
+        report = self._speed_test(None)
+        self.publisher.publish(report, TopicKind.SPEED)
+        return report.result
+
+    def _speed_test(self, progress: Progress | None) -> SpeedReport:
+        started_at = self.clock.now()
+        if self.budget.allows_test(started_at):
+            measurement = self.tester.measure(progress, max_bytes=self.budget.remaining(started_at))
+            self.budget.record(started_at, measurement.bytes_received + measurement.bytes_sent)
+        else:
+            measurement = self._budget_exhausted(started_at)
+        _log_measurement(measurement)
+        return SpeedReport.of(
+            measurement, school_id=self.school_id, agent_id=self.agent_id, measured_at=started_at
+        )
+
+    def _budget_exhausted(self, now: datetime) -> SpeedMeasurement:
+        used = self.budget.used(now) / MB
+        cap = (self.budget.cap_bytes or 0) / MB
+        return SpeedMeasurement.failed(
+            SpeedResult.BUDGET_EXHAUSTED,
+            f"skipped: {used:.0f} of the {cap:.0f} MB monthly data budget used; tests resume "
+            "next month (or raise speedtest.monthly_budget_mb)",
+            threshold_mbps=self.settings.speedtest.threshold_mbps,
+        )
+
+    def _status(self, state: AgentState, reason: StatusReason) -> AgentStatus:
+        now = self.clock.now()
+        online = state is AgentState.ONLINE
+        return self.publisher.status(
+            state,
+            reason,
+            read_host_health(self.settings.state_dir) if online else None,
+            measured_at=now,
+            data_used_month_bytes=self.budget.used(now),
+            data_budget_month_bytes=self.budget.cap_bytes,
+        )
 
     def _publish_status(self, reason: StatusReason) -> int:
-        host = read_host_health(self.settings.state_dir)
-        return self.publisher.publish(
-            self.publisher.status(AgentState.ONLINE, reason, host), TopicKind.AGENT
-        )
-
-    def _measure_speed(self, progress: Progress | None) -> SpeedReport:
-        timed = self.tester.measure(progress)
-        m = timed.measurement
-        if m.download_mbps is not None:
-            log.info(
-                "speed test: %.2f down, %.2f up Mbps, %.1f ms (%s)",
-                m.download_mbps,
-                m.upload_mbps,
-                m.latency_ms,
-                "meets" if m.meets_threshold else "below",
-            )
-        else:
-            log.warning("speed test failed: %s (%s)", m.result.value, m.error)
-        return SpeedReport.of(
-            m, school_id=self.school_id, agent_id=self.agent_id, measured_at=timed.started_at
-        )
-
-    def _speed_interval(self) -> float:
-        base = self.settings.speedtest.interval_hours * 3600
-        return base * random.uniform(0.9, 1.1)  # noqa: S311 - spreading, not secrecy
+        return self.publisher.publish(self._status(AgentState.ONLINE, reason), TopicKind.AGENT)
 
     def _log_broker_answers(self) -> None:
         acked, refusals, waiting = self.publisher.settle()
@@ -154,3 +211,20 @@ class Agent:
             log.error("broker refused a message: %s", refusal)
         if acked:
             log.debug("broker acknowledged %d message(s); %d still waiting", acked, waiting)
+
+
+def _log_measurement(m: SpeedMeasurement) -> None:
+    if m.download_mbps is not None:
+        log.info(
+            "speed test: %.2f down, %.2f up Mbps, %.1f ms (%s)",
+            m.download_mbps,
+            m.upload_mbps,
+            m.latency_ms,
+            "meets" if m.meets_threshold else "below",
+        )
+    else:
+        log.warning("speed test failed: %s (%s)", m.result.value, m.error)
+
+
+def _local(moment: datetime, settings: AgentSettings) -> str:
+    return moment.astimezone(settings.schedule.tz()).strftime("%Y-%m-%d %H:%M %Z")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 
 from agent.broker import AckLedger, BrokerError, ConnectionWatch, connect, new_client
 from agent.contract import (
@@ -14,6 +15,7 @@ from agent.contract import (
     StatusReason,
     TopicKind,
     topic_for,
+    utc_now,
 )
 from agent.settings import AgentMqttSettings
 
@@ -68,16 +70,26 @@ class Publisher:
         self._client.loop_start()
 
     def status(
-        self, state: AgentState, reason: StatusReason, host: HostHealth | None = None
+        self,
+        state: AgentState,
+        reason: StatusReason,
+        host: HostHealth | None = None,
+        *,
+        measured_at: datetime | None = None,
+        data_used_month_bytes: int | None = None,
+        data_budget_month_bytes: int | None = None,
     ) -> AgentStatus:
         return AgentStatus(
             school_id=self._school_id,
             agent_id=self._agent_id,
+            measured_at=measured_at or utc_now(),
             status=state,
             reason=reason,
             version=self._version,
             boot_id=self._boot_id,
             host=host,
+            data_used_month_bytes=data_used_month_bytes,
+            data_budget_month_bytes=data_budget_month_bytes,
         )
 
     def publish(self, message: Envelope, kind: TopicKind) -> int:

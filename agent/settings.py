@@ -7,9 +7,12 @@ Every setting is listed, with its default, in the README and in
 from __future__ import annotations
 
 import os
+import re
+from datetime import UTC, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -17,6 +20,7 @@ from pydantic_settings import SettingsConfigDict
 from agent.broker import BrokerSettings
 from agent.config_file import FileSettings, require
 from agent.contract import DEFAULT_TOPIC_ROOT, AgentId, SchoolId
+from agent.schedule import Window
 
 ENV_PREFIX = "SCHOOL_AGENT_"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -52,7 +56,7 @@ class SpeedtestSettings(BaseModel):
     method: Literal["stable", "speedtest-cli"] = "stable"
     connections: int | None = Field(default=None, ge=1, le=32)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
-    interval_hours: float = Field(default=6.0, gt=0, le=24 * 31)
+    monthly_budget_mb: float | None = Field(default=None, gt=0)
 
     @field_validator("server_url")
     @classmethod
@@ -72,6 +76,58 @@ class SpeedtestSettings(BaseModel):
         return value
 
 
+def parse_timezone(text: str) -> tzinfo:
+    """``UTC``, a fixed offset (``+05:00``, ``UTC+5``) or an IANA name (``Asia/Almaty``)."""
+    match = re.fullmatch(r"(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?", text.strip())
+    if match:
+        sign = -1 if match[1] == "-" else 1
+        offset = timedelta(hours=int(match[2]), minutes=int(match[3] or 0))
+        if offset > timedelta(hours=14):
+            raise ValueError(f"offset {text!r} is beyond 14 hours")
+        return timezone(sign * offset)
+    if text.strip().upper() in ("UTC", "GMT", "Z"):
+        return UTC
+    try:
+        return ZoneInfo(text.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"unknown time zone {text!r}: use an offset like +05:00 or a name like Asia/Almaty"
+        ) from exc
+
+
+class ScheduleSettings(BaseModel):
+    """When the daemon tests the speed: see agent/schedule.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    windows: list[str] = Field(
+        default_factory=lambda: ["08:00-12:00", "12:00-16:00", "16:00-20:00"], min_length=1
+    )
+    timezone: str = "+05:00"
+    startup_test: bool = True
+    retries: int = Field(default=3, ge=0, le=10)
+    retry_interval_min: float = Field(default=15.0, gt=0, le=24 * 60)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_parse(cls, value: list[str]) -> list[str]:
+        for text in value:
+            Window.parse(text)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_parses(cls, value: str) -> str:
+        parse_timezone(value)
+        return value
+
+    def parsed_windows(self) -> list[Window]:
+        return [Window.parse(text) for text in self.windows]
+
+    def tz(self) -> tzinfo:
+        return parse_timezone(self.timezone)
+
+
 class AgentSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
@@ -85,6 +141,7 @@ class AgentSettings(FileSettings):
     log_level: LogLevel = "INFO"
     mqtt: AgentMqttSettings = Field(default_factory=AgentMqttSettings)
     speedtest: SpeedtestSettings = Field(default_factory=SpeedtestSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
     def require_for_run(self) -> None:
         """The daemon needs to know who it is and where to publish."""

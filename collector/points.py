@@ -90,6 +90,7 @@ def speed_line(report: SpeedReport) -> str:
             "bytes_sent": report.bytes_sent,
             "duration_s": float(report.duration_s),
             "server_name": text(server.name) if server else None,
+            "jitter_ms": _float(report.jitter_ms),
             "error": text(report.error) if report.error is not None else None,
             "message_id": report.message_id,
         },
@@ -104,6 +105,8 @@ def agent_line(status: AgentStatus, at_ns: int) -> str:
         "version": text(status.version),
         "boot_id": status.boot_id,
         "message_id": status.message_id,
+        "data_used_month_bytes": status.data_used_month_bytes,
+        "data_budget_month_bytes": status.data_budget_month_bytes,
     }
     if status.host is not None:
         host = status.host

@@ -15,7 +15,7 @@ from tests.conftest import start_collector
 from tests.support.influx_v2_shim import V2WriteShim
 from tests.support.publishing import SchoolPublisher
 from tests.support.services import (
-    DeadLetterListener,
+    TopicListener,
     Influx,
     collector_process,
     command_env,
@@ -89,16 +89,16 @@ def test_agent_once_fails_clearly_when_the_broker_is_unreachable(
 
 
 @pytest.fixture
-def dead_letters(collector_env: dict[str, str], broker: Mosquitto) -> Iterator[DeadLetterListener]:
+def dead_letters(collector_env: dict[str, str], broker: Mosquitto) -> Iterator[TopicListener]:
     topic = collector_env["SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC"]
-    listener = DeadLetterListener(broker.port, topic)
+    listener = TopicListener(broker.port, topic)
     yield listener
     listener.close()
 
 
 def test_invalid_payload_reaches_the_dead_letter_topic_and_collector_keeps_running(
     collector: Process,
-    dead_letters: DeadLetterListener,
+    dead_letters: TopicListener,
     broker: Mosquitto,
     database: Influx,
     topic_root: str,
@@ -140,7 +140,7 @@ def test_invalid_payload_reaches_the_dead_letter_topic_and_collector_keeps_runni
 
 def test_school_posing_as_another_is_rejected(
     collector: Process,
-    dead_letters: DeadLetterListener,
+    dead_letters: TopicListener,
     broker: Mosquitto,
     database: Influx,
     topic_root: str,

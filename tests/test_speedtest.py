@@ -61,7 +61,7 @@ def test_speedtest_prints_a_readable_result(speed_server: SpeedServer) -> None:
 
 def test_threshold_decides_the_verdict(speed_server: SpeedServer) -> None:
     settings = SpeedtestSettings(server_url=speed_server.url, threshold_mbps=100_000)
-    measured = SpeedTester(settings).measure().measurement
+    measured = SpeedTester(settings).measure()
 
     assert measured.result is SpeedResult.SUCCESS
     assert measured.meets_threshold is False
@@ -76,8 +76,7 @@ def test_any_url_of_a_mini_server_names_its_base(url: str) -> None:
 
 
 def _measure(url: str, timeout_s: float = 5) -> tuple[SpeedResult, int, str]:
-    measured = SpeedTester(SpeedtestSettings(server_url=url, timeout_s=timeout_s)).measure()
-    m = measured.measurement
+    m = SpeedTester(SpeedtestSettings(server_url=url, timeout_s=timeout_s)).measure()
     assert m.download_mbps is None
     assert m.meets_threshold is None
     assert m.server is not None

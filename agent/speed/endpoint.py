@@ -57,7 +57,7 @@ class Endpoint:
         return http.client.HTTPConnection(host, parts.port or 80, timeout=timeout_s)
 
 
-def classify(exc: BaseException, doing: str) -> SpeedTestFailed:
+def classify(exc: BaseException, doing: str) -> SpeedTestFailed:  # noqa: PLR0911 - one per kind
     """Name a network error: DNS, refused, timeout, TLS, HTTP status or garbage."""
     reason: object = exc
     if isinstance(exc, SpeedTestFailed):

@@ -9,6 +9,7 @@ difference between consecutive samples (as Ookla and RFC 3550 define it).
 from __future__ import annotations
 
 import http.client
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ def measure_latency(endpoint: Endpoint, *, count: int = 10, timeout_s: float = 1
             if not body.startswith(b"test=test"):
                 raise SpeedTestFailed(
                     SpeedResult.INVALID_SERVER,
-                    f"{endpoint.directory} is not a speed server: latency.txt did not say test=test",
+                    f"{endpoint.directory} is not a speed server: "
+                    "latency.txt did not say test=test",
                 )
             if i > 0:  # the first request warms the connection up
                 samples.append(took_ms)
@@ -56,7 +58,7 @@ def measure_latency(endpoint: Endpoint, *, count: int = 10, timeout_s: float = 1
         raise classify(exc, f"latency probe to {endpoint.directory}") from exc
     finally:
         connection.close()
-    jitter = statistics.fmean(abs(b - a) for a, b in zip(samples, samples[1:], strict=False))
+    jitter = statistics.fmean(abs(b - a) for a, b in itertools.pairwise(samples))
     return Latency(
         median_ms=round(statistics.median(samples), 3),
         jitter_ms=round(jitter, 3),

@@ -22,7 +22,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +33,6 @@ from agent.contract import (
     SpeedMeasurement,
     SpeedResult,
     SpeedServer,
-    utc_now,
 )
 from agent.settings import SpeedtestSettings
 from agent.speed.endpoint import Endpoint, SpeedTestFailed, classify
@@ -44,12 +42,6 @@ from agent.speed.self_hosted import SelfHostedSpeedtest
 from agent.speed.transfer import Direction, choose_connections, transfer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TimedMeasurement:
-    started_at: datetime
-    measurement: SpeedMeasurement
 
 
 @dataclass(frozen=True)
@@ -104,10 +96,9 @@ class SpeedTester:
 
     def measure(
         self, progress: Progress | None = None, *, max_bytes: int | None = None
-    ) -> TimedMeasurement:
-        """One test; ``max_bytes`` caps the data each direction may use."""
+    ) -> SpeedMeasurement:
+        """One test; ``max_bytes`` caps the data both directions together may use."""
         progress = progress or SilentProgress()
-        started_at = utc_now()
         started = time.monotonic()
         server = self_hosted_server(self._settings) if self._settings.server_url else None
         moved = [0, 0]
@@ -117,19 +108,29 @@ class SpeedTester:
             progress.figure(
                 "Latency", f"{latency.median_ms:.1f} ms, jitter {latency.jitter_ms:.1f} ms"
             )
-            figures = self._transfer(tester, endpoint, latency, progress, moved, max_bytes)
+            figures = self._transfer(
+                tester, endpoint, latency, progress, moved=moved, max_bytes=max_bytes
+            )
             measurement = self._success(server, latency, figures, started)
         except SpeedTestFailed as failure:
-            measurement = self._failed(failure.result, str(failure), server, moved, started)
+            measurement = self._failed(
+                failure.result, str(failure), server=server, moved=moved, started=started
+            )
         except speedtest.SpeedtestException as exc:
             named = _classify_speedtest_error(exc)
-            measurement = self._failed(named.result, str(named), server, moved, started)
+            measurement = self._failed(
+                named.result, str(named), server=server, moved=moved, started=started
+            )
         except Exception as exc:  # failure is data: a bug must not kill the agent's loop
             log.exception("speed test crashed")
             measurement = self._failed(
-                SpeedResult.INTERNAL_ERROR, f"internal error: {exc!r}", server, moved, started
+                SpeedResult.INTERNAL_ERROR,
+                f"internal error: {exc!r}",
+                server=server,
+                moved=moved,
+                started=started,
             )
-        return TimedMeasurement(started_at, measurement)
+        return measurement
 
     # -- steps -----------------------------------------------------------
 
@@ -185,6 +186,7 @@ class SpeedTester:
         endpoint: Endpoint,
         latency: Latency,
         progress: Progress,
+        *,
         moved: list[int],
         max_bytes: int | None,
     ) -> _Figures:
@@ -194,6 +196,9 @@ class SpeedTester:
         rates = []
         for index, direction in enumerate((Direction.DOWNLOAD, Direction.UPLOAD)):
             progress.phase(direction.value.capitalize())
+            cap = None  # a budget is shared: half for the download, the rest for the upload
+            if max_bytes is not None:
+                cap = max_bytes // 2 if index == 0 else max(1, max_bytes - moved[0])
             result = transfer(
                 direction,
                 endpoint,
@@ -202,7 +207,7 @@ class SpeedTester:
                 timeout_s=self._settings.timeout_s,
                 stop=self.stop,
                 progress=progress,
-                max_bytes=None if max_bytes is None else max(0, max_bytes - sum(moved)),
+                max_bytes=cap,
             )
             moved[index] = result.bytes_moved
             if result.bytes_moved == 0:
@@ -254,6 +259,7 @@ class SpeedTester:
         self,
         result: SpeedResult,
         message: str,
+        *,
         server: SpeedServer | None,
         moved: list[int],
         started: float,

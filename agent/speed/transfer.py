@@ -11,6 +11,7 @@ the rate is stable.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -76,13 +77,44 @@ def bytes_acked(sock: socket.socket) -> int | None:
     return int(struct.unpack_from("Q", info, _TCP_INFO_BYTES_ACKED)[0])
 
 
+class Allowance:
+    """Bytes a transfer may still move, shared by its streams (None: no limit).
+
+    Each stream takes bytes before it reads or sends them, so a data budget
+    holds exactly, whatever the speed, instead of being checked between samples.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self._left = limit
+        self._lock = threading.Lock()
+
+    @property
+    def spent(self) -> bool:
+        return self._left is not None and self._left <= 0
+
+    def take(self, wanted: int) -> int:
+        with self._lock:
+            if self._left is None:
+                return wanted
+            granted = min(wanted, self._left)
+            self._left -= granted
+            return granted
+
+    def give_back(self, unused: int) -> None:
+        if unused > 0:
+            with self._lock:
+                if self._left is not None:
+                    self._left += unused
+
+
 class _Stream(threading.Thread):
     """One persistent connection moving data in one direction until stopped."""
 
-    def __init__(self, endpoint: Endpoint, direction: Direction) -> None:
+    def __init__(self, endpoint: Endpoint, direction: Direction, allowance: Allowance) -> None:
         super().__init__(daemon=True, name=f"speed-{direction.value}")
         self._endpoint = endpoint
         self._direction = direction
+        self._allowance = allowance
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._connection: http.client.HTTPConnection | None = None
@@ -111,10 +143,8 @@ class _Stream(threading.Thread):
         with self._lock:
             sock = self._connection.sock if self._connection else None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # already closed by the peer
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def run(self) -> None:
         doing = f"{self._direction.value} from {self._endpoint.directory}"
@@ -123,7 +153,7 @@ class _Stream(threading.Thread):
             connection.connect()
             with self._lock:
                 self._connection = connection
-            while not self._stopped.is_set():
+            while not self._stopped.is_set() and not self._allowance.spent:
                 if self._direction is Direction.DOWNLOAD:
                     self._download_once(connection)
                 else:
@@ -135,6 +165,7 @@ class _Stream(threading.Thread):
             if not self._stopped.is_set():
                 self.error = classify(exc, doing)
         finally:
+            self.moved()  # the last count, before the socket closes
             with self._lock:
                 if self._connection is not None:
                     self._connection.close()
@@ -148,18 +179,25 @@ class _Stream(threading.Thread):
                 f"download from {self._endpoint.directory}: HTTP {reply.status} {reply.reason}",
             )
         while not self._stopped.is_set():
+            granted = self._allowance.take(_READ_CHUNK)
+            if not granted:
+                break
             # read1 returns what has arrived; readinto would wait to fill its buffer,
             # and the count would move in steps too coarse to time a slow link.
-            read = len(reply.read1(_READ_CHUNK))
+            read = len(reply.read1(granted))
+            self._allowance.give_back(granted - read)
             if not read:
                 break
             self._done += read
 
     def _upload_once(self, connection: http.client.HTTPConnection) -> None:
+        size = self._allowance.take(UPLOAD_BODY_BYTES)
+        if not size:
+            return
         connection.request(
             "POST",
             f"{self._endpoint.upload_path}?x={time.time_ns()}",
-            body=_UPLOAD_BODY,
+            body=_UPLOAD_BODY[:size],
             headers={"Content-Type": "application/octet-stream"},
         )
         reply = connection.getresponse()
@@ -184,7 +222,8 @@ def transfer(
 ) -> TransferResult:
     """Move data until the rate is stable, time is up, or ``max_bytes`` moved; or fail."""
     rate = StableRate(rtt_s)
-    streams = [_Stream(endpoint, direction) for _ in range(connections)]
+    allowance = Allowance(max_bytes)
+    streams = [_Stream(endpoint, direction, allowance) for _ in range(connections)]
     started = time.monotonic()
     for stream in streams:
         stream.start()
@@ -205,7 +244,7 @@ def transfer(
                 raise SpeedTestFailed(SpeedResult.CANCELLED, "speed test cancelled")
             if verdict := rate.verdict():
                 break
-            if elapsed >= rate.max_duration_s or (max_bytes is not None and total >= max_bytes):
+            if elapsed >= rate.max_duration_s or allowance.spent:
                 verdict = rate.final()
                 break
             _check_streams(streams, total, now - last_progress_at, timeout_s, endpoint)

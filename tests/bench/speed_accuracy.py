@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "deploy"))  # localstack, as pytest's pythonpath gives it
 
 from tests.support.shaped_link import SERVER_IP, LinkShape, ShapedLink  # noqa: E402
+
 SPEED_PORT, IPERF_PORT = 8080, 5201
 REFERENCE_STREAMS = 16
 METHODS = ("stable", "speedtest-cli")
@@ -70,8 +71,20 @@ def reference_durations(shape: LinkShape) -> tuple[int, int]:
 
 def run_reference(link: ShapedLink, direction: str) -> float:
     omit, measured = reference_durations(link.shape)
-    argv = ["iperf3", "-c", SERVER_IP, "-p", str(IPERF_PORT), "-P", str(REFERENCE_STREAMS),
-            "-t", str(omit + measured), "-O", str(omit), "-J"]  # fmt: skip
+    argv = [
+        "iperf3",
+        "-c",
+        SERVER_IP,
+        "-p",
+        str(IPERF_PORT),
+        "-P",
+        str(REFERENCE_STREAMS),
+        "-t",
+        str(omit + measured),
+        "-O",
+        str(omit),
+        "-J",
+    ]
     if direction == "download":
         argv.append("-R")
     report = json.loads(link.run_in_client(argv, timeout=omit + measured + 120))
@@ -86,9 +99,23 @@ def run_agent(link: ShapedLink, method: str) -> dict[str, Any]:
         "PYTHONPATH": str(REPO),
     }
     result = subprocess.run(
-        ["ip", "netns", "exec", link.client_ns, sys.executable, "-m", "agent", "speedtest", "--json"],
-        capture_output=True, text=True, timeout=300, env=env, check=False,
-    )  # fmt: skip
+        [
+            "ip",
+            "netns",
+            "exec",
+            link.client_ns,
+            sys.executable,
+            "-m",
+            "agent",
+            "speedtest",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     if not result.stdout.strip():
         return {"result": "crashed", "error": result.stderr[-500:]}
     return dict(json.loads(result.stdout))
@@ -99,13 +126,27 @@ def measure_cell(shape: LinkShape, methods: list[str]) -> Cell:
     with ShapedLink(shape) as link:
         cell.measured_rtt_ms = round(link.measured_rtt_ms or 0.0, 2)
         servers = [
-            link.popen_in_server(["iperf3", "-s", "-p", str(IPERF_PORT)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-            link.popen_in_server([sys.executable, "-m", "collector", "speed-server",
-                                  "--host", SERVER_IP, "--port", str(SPEED_PORT)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 cwd=str(REPO)),
-        ]  # fmt: skip
+            link.popen_in_server(
+                ["iperf3", "-s", "-p", str(IPERF_PORT)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            link.popen_in_server(
+                [
+                    sys.executable,
+                    "-m",
+                    "collector",
+                    "speed-server",
+                    "--host",
+                    SERVER_IP,
+                    "--port",
+                    str(SPEED_PORT),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=str(REPO),
+            ),
+        ]
         try:
             link.wait_for_server_port(IPERF_PORT)
             link.wait_for_server_port(SPEED_PORT)
@@ -139,7 +180,7 @@ def table(cells: list[Cell], methods: list[str]) -> str:
     for c in cells:
         row = [f"{c.rate_mbps:g}", f"{c.rtt_ms:g} ({c.measured_rtt_ms:.1f})", f"{c.loss * 100:g} %"]
         if c.error:
-            lines.append("| " + " | ".join(row + [f"error: {c.error}"]) + " |")
+            lines.append("| " + " | ".join([*row, f"error: {c.error}"]) + " |")
             continue
         row.append(f"{c.reference['download']:.1f} / {c.reference['upload']:.1f}")
         for method in methods:
@@ -184,14 +225,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{number}/{len(grid)}] {shape} ...", end=" ", flush=True)
         try:
             cell = measure_cell(shape, args.methods)
-        except Exception as exc:  # one broken cell must not lose the others
+        except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others
             cell = Cell(rate, rtt, loss / 100, error=str(exc)[:200])
         cells.append(cell)
         ratios = "  ".join(
             f"{m}: {_pct(cell.ratio(m, 'download'))} / {_pct(cell.ratio(m, 'upload'))}"
             for m in args.methods
         )
-        print(f"reference {cell.reference}  {ratios}  ({time.monotonic() - started:.0f} s)", flush=True)
+        elapsed = time.monotonic() - started
+        print(f"reference {cell.reference}  {ratios}  ({elapsed:.0f} s)", flush=True)
         args.json.write_text(json.dumps([asdict(c) for c in cells], indent=1))
     print()
     print(table(cells, args.methods))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import random
 import select
 import socket
@@ -50,10 +51,8 @@ def bridge(a: str, b: str, delay_s: float, loss: float, seed: int) -> None:
         due: float | None = None
         for out, queue in waiting.items():
             while queue and queue[0][0] <= now:
-                try:
+                with contextlib.suppress(BlockingIOError):  # a full queue loses the frame
                     out.send(queue.popleft()[1])
-                except BlockingIOError:
-                    pass  # the interface's queue is full: the frame is lost, as on a wire
             if queue and (due is None or queue[0][0] < due):
                 due = queue[0][0]
         timeout = None if due is None else max(0.0, due - clock())

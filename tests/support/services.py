@@ -86,21 +86,21 @@ class Influx:
         return int(rows[0]["count"]) if rows else 0
 
 
-class DeadLetterListener:
-    """Subscribes the dead-letter topic on a real broker and keeps what arrives."""
+class TopicListener:
+    """Subscribes a topic (wildcards allowed) on a real broker and keeps what arrives."""
 
     def __init__(self, broker_port: int, topic: str) -> None:
         self.letters: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=unique("dl-"))
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=unique("listener-"))
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self._client.connect("127.0.0.1", broker_port)
         self._client.loop_start()
         if not self._subscribed.wait(10):
-            raise AssertionError("dead-letter listener could not subscribe")
+            raise AssertionError(f"could not subscribe to {topic}")
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         with self._lock:

@@ -90,10 +90,36 @@ class ShapedLink:
         for ns in (self.server_ns, self.middle_ns, self.client_ns):
             _run("ip", "netns", "add", ns)
             _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "link", "add", d["srv"], "netns", self.server_ns, "type", "veth",
-             "peer", "name", d["mid0"], "netns", self.middle_ns)  # fmt: skip
-        _run("ip", "link", "add", d["cli"], "netns", self.client_ns, "type", "veth",
-             "peer", "name", d["mid1"], "netns", self.middle_ns)  # fmt: skip
+        _run(
+            "ip",
+            "link",
+            "add",
+            d["srv"],
+            "netns",
+            self.server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            d["mid0"],
+            "netns",
+            self.middle_ns,
+        )
+        _run(
+            "ip",
+            "link",
+            "add",
+            d["cli"],
+            "netns",
+            self.client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            d["mid1"],
+            "netns",
+            self.middle_ns,
+        )
         _run("ip", "-n", self.server_ns, "addr", "add", f"{SERVER_IP}/24", "dev", d["srv"])
         _run("ip", "-n", self.client_ns, "addr", "add", f"{CLIENT_IP}/24", "dev", d["cli"])
         ends = [
@@ -103,8 +129,25 @@ class ShapedLink:
             (self.client_ns, d["cli"]),
         ]
         for ns, device in ends:
-            _run("ip", "netns", "exec", ns, ethtool, "-K", device,
-                 "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off")  # fmt: skip
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                ethtool,
+                "-K",
+                device,
+                "tso",
+                "off",
+                "gso",
+                "off",
+                "gro",
+                "off",
+                "tx",
+                "off",
+                "rx",
+                "off",
+            )
             _run("ip", "-n", ns, "link", "set", device, "up")
         self._shape(self.server_ns, d["srv"])
         self._shape(self.client_ns, d["cli"])
@@ -122,7 +165,7 @@ class ShapedLink:
                 str(self.shape.rtt_ms / 2),
                 "--loss",
                 str(self.shape.loss),
-            ],  # fmt: skip
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -134,8 +177,25 @@ class ShapedLink:
         rate_bytes = self.shape.rate_mbps * 1e6 / 8
         burst = max(16_000, int(rate_bytes * 0.004))
         limit = max(64_000, int(rate_bytes * max(0.050, self.shape.rtt_ms / 2000)))
-        _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", device, "root", "tbf",
-             "rate", f"{self.shape.rate_mbps}mbit", "burst", str(burst), "limit", str(limit))  # fmt: skip
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            device,
+            "root",
+            "tbf",
+            "rate",
+            f"{self.shape.rate_mbps}mbit",
+            "burst",
+            str(burst),
+            "limit",
+            str(limit),
+        )
 
     def _verify_rtt(self) -> float:
         """TCP connect time, client to server, must be the asked round trip (±10 %, +1.5 ms)."""
@@ -143,10 +203,12 @@ class ShapedLink:
             [
                 sys.executable,
                 "-c",
-                "import socket,time\n"
-                f"s=socket.create_server(('{SERVER_IP}',{RTT_CHECK_PORT}))\n"
-                "while True:\n c,_=s.accept(); c.close()",
-            ],  # fmt: skip
+                (
+                    "import socket\n"
+                    f"s=socket.create_server(('{SERVER_IP}',{RTT_CHECK_PORT}))\n"
+                    "while True:\n c,_=s.accept(); c.close()"
+                ),
+            ],
         )
         try:
             probe = (
@@ -178,24 +240,33 @@ class ShapedLink:
     # -- using ------------------------------------------------------------
 
     def popen_in_server(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["ip", "netns", "exec", self.server_ns, *argv], **kwargs)  # type: ignore[call-overload, no-any-return]
+        command = ["ip", "netns", "exec", self.server_ns, *argv]
+        return subprocess.Popen(command, **kwargs)  # type: ignore[call-overload, no-any-return]
 
     def popen_in_client(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["ip", "netns", "exec", self.client_ns, *argv], **kwargs)  # type: ignore[call-overload, no-any-return]
+        command = ["ip", "netns", "exec", self.client_ns, *argv]
+        return subprocess.Popen(command, **kwargs)  # type: ignore[call-overload, no-any-return]
 
     def run_in_client(
         self, argv: list[str], timeout: float = 300, env: dict[str, str] | None = None
     ) -> str:
         result = subprocess.run(
             ["ip", "netns", "exec", self.client_ns, *argv],
-            capture_output=True, text=True, timeout=timeout, env=env, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
         if result.returncode != 0:
             raise LinkError(f"{argv[:3]} failed in the client namespace:\n{result.stderr[-2000:]}")
         return result.stdout
 
     def server_port_open(self, port: int) -> bool:
-        probe = f"import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(('{SERVER_IP}',{port})))"
+        probe = (
+            "import socket,sys; s=socket.socket(); s.settimeout(1); "
+            f"sys.exit(s.connect_ex(('{SERVER_IP}',{port})))"
+        )
         return (
             subprocess.run(
                 ["ip", "netns", "exec", self.client_ns, sys.executable, "-c", probe], check=False
