@@ -10,11 +10,11 @@ import os
 import re
 from datetime import UTC, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from agent.broker import BrokerSettings
@@ -47,11 +47,21 @@ class AgentMqttSettings(BrokerSettings):
     ack_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
 
+def _speed_server_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL of a speed server, got {value!r}")
+    return value
+
+
 class SpeedtestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     server_url: str | None = None
+    server_urls: list[str] = Field(default_factory=list)
     server_name: str | None = None
+    server_ids: list[int] = Field(default_factory=list)
+    exclude_server_ids: list[int] = Field(default_factory=list)
     threshold_mbps: float = Field(default=20.0, gt=0, le=100_000)
     method: Literal["stable", "speedtest-cli"] = "stable"
     connections: int | None = Field(default=None, ge=1, le=32)
@@ -61,12 +71,26 @@ class SpeedtestSettings(BaseModel):
     @field_validator("server_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http:// or https:// URL of a speed server, got {value!r}")
-        return value
+        return None if value is None else _speed_server_url(value)
+
+    @field_validator("server_urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        return [_speed_server_url(url) for url in value]
+
+    @model_validator(mode="after")
+    def _ids_only_for_ookla(self) -> Self:
+        if (self.server_ids or self.exclude_server_ids) and self.self_hosted_urls():
+            raise ValueError(
+                "server_ids and exclude_server_ids choose among Ookla's servers; "
+                "they cannot be combined with server_url(s)"
+            )
+        return self
+
+    def self_hosted_urls(self) -> list[str]:
+        """Every self-hosted server configured, ``server_url`` first."""
+        urls = [self.server_url] if self.server_url else []
+        return urls + [url for url in self.server_urls if url not in urls]
 
     @field_validator("server_name")
     @classmethod

@@ -6,6 +6,7 @@ speed server; only time is virtual, so days of schedule pass in seconds.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -26,9 +27,7 @@ KZ = timezone(timedelta(hours=5))
 
 
 @pytest.fixture
-def make_agent(
-    broker: Mosquitto, topic_root: str, school_id: str, tmp_path: Path
-) -> Iterator[Any]:
+def make_agent(broker: Mosquitto, topic_root: str, school_id: str, tmp_path: Path) -> Iterator[Any]:
     listeners: list[TopicListener] = []
 
     def make(
@@ -100,13 +99,9 @@ def test_a_failing_server_is_retried_three_times_then_the_next_window(
     reports = _speed_reports(listener, 8)
     assert {r["result"] for r in reports} == {"connection_failed"}
     times = [_local(r) for r in reports]
-    assert [b - a for a, b in zip(times[:4], times[1:4], strict=False)] == [
-        timedelta(minutes=15)
-    ] * 3
+    assert [b - a for a, b in itertools.pairwise(times[:4])] == [timedelta(minutes=15)] * 3
     assert 8 <= times[4].hour < 12, "after three retries, the next window"
-    assert [b - a for a, b in zip(times[4:8], times[5:8], strict=False)] == [
-        timedelta(minutes=15)
-    ] * 3
+    assert [b - a for a, b in itertools.pairwise(times[4:8])] == [timedelta(minutes=15)] * 3
 
 
 def test_a_spent_budget_skips_tests_until_the_month_turns(

@@ -15,8 +15,8 @@ from tests.conftest import start_collector
 from tests.support.influx_v2_shim import V2WriteShim
 from tests.support.publishing import SchoolPublisher
 from tests.support.services import (
-    TopicListener,
     Influx,
+    TopicListener,
     collector_process,
     command_env,
     parse_figure,

@@ -15,8 +15,10 @@ from localstack import free_port, port_open
 
 from agent.contract import SpeedResult
 from agent.settings import SpeedtestSettings
-from agent.speed import SpeedTester
-from agent.speed.runner import self_hosted_base
+from agent.speed import SilentProgress, SpeedTester
+from agent.speed.endpoint import Endpoint
+from agent.speed.runner import StopFlag, self_hosted_base
+from agent.speed.transfer import Direction, transfer
 from collector.speed_server import SpeedServer
 from tests.support.misbehaving import FixedReplyServer, StallingServer
 from tests.support.services import command_env, run_agent, wait_for
@@ -241,3 +243,19 @@ def test_progress_is_drawn_on_a_terminal(speed_server: SpeedServer) -> None:
     assert "Download   [" in screen
     assert "] 40/40" in screen  # 10 sizes x 4 requests each, all finished
     assert "Upload     [" in screen
+
+
+def test_one_connection_downloads_file_after_file(speed_server: SpeedServer) -> None:
+    """Persistent connections: the stream keeps requesting after each 32 MB file."""
+    endpoint = Endpoint(f"{speed_server.url}/speedtest/upload.php")
+    result = transfer(
+        Direction.DOWNLOAD,
+        endpoint,
+        rtt_s=0.001,
+        connections=1,
+        timeout_s=10,
+        stop=StopFlag(),
+        progress=SilentProgress(),
+        max_bytes=100_000_000,  # three files and more: only a reused connection gets there
+    )
+    assert result.bytes_moved == 100_000_000

@@ -66,6 +66,11 @@ def classify(exc: BaseException, doing: str) -> SpeedTestFailed:  # noqa: PLR091
         return SpeedTestFailed(SpeedResult.HTTP_ERROR, f"{doing}: HTTP {exc.code} {exc.reason}")
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
+    if isinstance(reason, ConnectionError | http.client.IncompleteRead):
+        # RemoteDisconnected is both; a hang-up mid-body is a lost connection, not garbage.
+        return SpeedTestFailed(
+            SpeedResult.CONNECTION_FAILED, f"{doing}: the server closed the connection"
+        )
     if isinstance(reason, http.client.HTTPException):
         return SpeedTestFailed(
             SpeedResult.PROTOCOL_ERROR, f"{doing}: the server does not speak HTTP ({reason!r})"

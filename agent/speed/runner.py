@@ -15,6 +15,7 @@ and no figures, never as an exception.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
@@ -75,16 +76,12 @@ def self_hosted_base(server_url: str) -> str:
     return url[:cut] if cut > 0 else url
 
 
-def self_hosted_server(settings: SpeedtestSettings) -> SpeedServer:
-    base = self_hosted_base(settings.server_url or "")
+def self_hosted_server(url: str, name: str | None = None) -> SpeedServer:
+    """A self-hosted server as results record it; ``id`` is ``name`` or the URL's host."""
+    base = self_hosted_base(url)
     parts = urlsplit(base)
     host = (parts.hostname or "server").replace(":", "-").strip("-.") or "self-hosted"
-    return SpeedServer(
-        kind=ServerKind.SELF_HOSTED,
-        id=settings.server_name or host,
-        name=parts.netloc,
-        url=base,
-    )
+    return SpeedServer(kind=ServerKind.SELF_HOSTED, id=name or host, name=parts.netloc, url=base)
 
 
 class SpeedTester:
@@ -100,10 +97,11 @@ class SpeedTester:
         """One test; ``max_bytes`` caps the data both directions together may use."""
         progress = progress or SilentProgress()
         started = time.monotonic()
-        server = self_hosted_server(self._settings) if self._settings.server_url else None
+        candidates = self._self_hosted_candidates()
+        server = candidates[0] if candidates else None  # named in a failure before the choice
         moved = [0, 0]
         try:
-            tester, server, endpoint = self._prepare(server, progress)
+            tester, server, endpoint = self._prepare(candidates, progress)
             latency = measure_latency(endpoint, timeout_s=self._settings.timeout_s)
             progress.figure(
                 "Latency", f"{latency.median_ms:.1f} ms, jitter {latency.jitter_ms:.1f} ms"
@@ -134,13 +132,17 @@ class SpeedTester:
 
     # -- steps -----------------------------------------------------------
 
+    def _self_hosted_candidates(self) -> list[SpeedServer]:
+        urls = self._settings.self_hosted_urls()
+        name = self._settings.server_name if len(urls) == 1 else None
+        return [self_hosted_server(url, name) for url in urls]
+
     def _prepare(
-        self, server: SpeedServer | None, progress: Progress
+        self, candidates: list[SpeedServer], progress: Progress
     ) -> tuple[Any, SpeedServer, Endpoint]:
         timeout = self._settings.timeout_s
-        if server is not None:
-            progress.phase(f"Server {server.name}")
-            self._check_self_hosted(server.url)
+        if candidates:
+            server = self._closest_self_hosted(candidates, progress)
             tester = SelfHostedSpeedtest(timeout=timeout, shutdown_event=self.stop)
             tester.set_mini_server(server.url)
             if self._settings.method == "speedtest-cli":
@@ -154,7 +156,10 @@ class SpeedTester:
             except speedtest.ConfigRetrievalError as exc:
                 raise classify(exc.args[0], "fetching the speedtest.net configuration") from exc
             try:
-                tester.get_servers()
+                tester.get_servers(
+                    servers=self._settings.server_ids or None,
+                    exclude=self._settings.exclude_server_ids or None,
+                )
             except speedtest.ServersRetrievalError as exc:
                 raise classify(exc.args[0], "fetching the speedtest.net server list") from exc
             best = tester.get_best_server()
@@ -166,13 +171,41 @@ class SpeedTester:
             )
         return tester, server, Endpoint(str(best["url"]))
 
+    def _closest_self_hosted(
+        self, candidates: list[SpeedServer], progress: Progress
+    ) -> SpeedServer:
+        """The one server, or among several the one with the lowest latency that answers."""
+        if len(candidates) == 1:
+            progress.phase(f"Server {candidates[0].name}")
+            self._check_self_hosted(candidates[0].url)
+            return candidates[0]
+        progress.phase(f"Choosing among {len(candidates)} servers")
+        answered: list[tuple[float, SpeedServer]] = []
+        failures: list[SpeedTestFailed] = []
+        for candidate in candidates:
+            try:
+                self._check_self_hosted(candidate.url)
+                probe = measure_latency(
+                    Endpoint(f"{candidate.url}/speedtest/upload.php"),
+                    count=3,
+                    timeout_s=self._settings.timeout_s,
+                )
+            except SpeedTestFailed as failure:
+                log.info("speed server %s does not answer: %s", candidate.name, failure)
+                failures.append(failure)
+                continue
+            answered.append((probe.median_ms, candidate))
+        if not answered:
+            raise failures[0]
+        return min(answered, key=lambda pair: pair[0])[1]
+
     def _check_self_hosted(self, base: str) -> None:
         """Reach the server once ourselves, so a failure gets its real cause."""
         url = f"{base}/speedtest/latency.txt"
         try:
             with urllib.request.urlopen(url, timeout=self._settings.timeout_s) as reply:  # noqa: S310 - http(s) checked in settings
                 body = reply.read(64)
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             raise classify(exc, f"reaching speed server {base}") from exc
         if not body.startswith(b"test=test"):
             raise SpeedTestFailed(
@@ -208,8 +241,8 @@ class SpeedTester:
                 stop=self.stop,
                 progress=progress,
                 max_bytes=cap,
+                on_moved=lambda n, i=index: moved.__setitem__(i, n),  # type: ignore[misc]
             )
-            moved[index] = result.bytes_moved
             if result.bytes_moved == 0:
                 raise SpeedTestFailed(SpeedResult.NO_DATA, f"no {direction.value} data moved")
             rates.append(result.verdict.mbps * 1e6)

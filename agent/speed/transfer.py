@@ -18,6 +18,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -187,6 +188,7 @@ class _Stream(threading.Thread):
             read = len(reply.read1(granted))
             self._allowance.give_back(granted - read)
             if not read:
+                reply.read()  # http.client closes a response only on read(), not read1()
                 break
             self._done += read
 
@@ -219,8 +221,13 @@ def transfer(
     stop: StopSignal,
     progress: Progress,
     max_bytes: int | None = None,
+    on_moved: Callable[[int], None] | None = None,
 ) -> TransferResult:
-    """Move data until the rate is stable, time is up, or ``max_bytes`` moved; or fail."""
+    """Move data until the rate is stable, time is up, or ``max_bytes`` moved; or fail.
+
+    ``on_moved`` learns the bytes moved even when the transfer fails, so that a
+    failed test still reports (and the data budget still counts) what it used.
+    """
     rate = StableRate(rtt_s)
     allowance = Allowance(max_bytes)
     streams = [_Stream(endpoint, direction, allowance) for _ in range(connections)]
@@ -253,7 +260,9 @@ def transfer(
             stream.stop()
         for stream in streams:
             stream.join(timeout=timeout_s)
-    moved = sum(stream.moved() for stream in streams)
+        moved = sum(stream.moved() for stream in streams)
+        if on_moved is not None:
+            on_moved(moved)
     return TransferResult(verdict, moved, time.monotonic() - started, connections)
 
 
@@ -281,5 +290,7 @@ def _check_streams(
                 SpeedResult.TIMEOUT, f"no data from {endpoint.directory} in {timeout_s:g} s"
             )
         raise SpeedTestFailed(
-            SpeedResult.INTERRUPTED, f"link lost mid-test: no data for {timeout_s:g} s"
+            SpeedResult.INTERRUPTED,
+            f"transfer stalled mid-test (link lost, or the server stopped): "
+            f"no data for {timeout_s:g} s",
         )
