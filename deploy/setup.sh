@@ -23,6 +23,11 @@ command -v ip >/dev/null || [ -x /usr/sbin/ip ] || packages+=(iproute2)  # tests
 if [ -n "$extras" ]; then
     # The tests also run the README's nginx recipe for a self-hosted speed server.
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx-light)
+    # Shaped links for the speed tests: offloads off (ethtool), a reference (iperf3),
+    # a certificate for the offline speedtest.net (openssl).
+    command -v ethtool >/dev/null || [ -x /usr/sbin/ethtool ] || packages+=(ethtool)
+    command -v iperf3 >/dev/null || packages+=(iperf3)
+    command -v openssl >/dev/null || packages+=(openssl)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "setup: installing ${packages[*]} from Debian's packages"

@@ -97,6 +97,7 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
         download_mbps=25.0,
         upload_mbps=10.0,
         latency_ms=20.0,
+        jitter_ms=1.0,
         meets_threshold=True,
         bytes_received=10,
         bytes_sent=5,

@@ -39,6 +39,7 @@ def speed_report(
         download_mbps=download_mbps,
         upload_mbps=download_mbps / 2,
         latency_ms=12.5,
+        jitter_ms=1.5,
         meets_threshold=download_mbps >= 20.0,
         bytes_received=1000,
         bytes_sent=500,

@@ -1,0 +1,63 @@
+"""One cell of the accuracy benchmark in the suite: 20 Mbps at 80 ms, against a reference.
+
+The full grid is tests/bench/speed_accuracy.py (README, "Speed accuracy");
+this cell guards the measurement with a wide tolerance, since the suite
+shares two cores with everything else.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.bench.speed_accuracy import IPERF_PORT, SPEED_PORT, run_agent, run_reference
+from tests.support.services import REPO
+from tests.support.shaped_link import SERVER_IP, LinkShape, ShapedLink
+
+TOLERANCE = 0.15
+
+
+@pytest.fixture(scope="module")
+def link() -> Iterator[ShapedLink]:
+    with ShapedLink(LinkShape(rate_mbps=20, rtt_ms=80)) as built:
+        servers = [
+            built.popen_in_server(
+                ["iperf3", "-s", "-p", str(IPERF_PORT)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            built.popen_in_server(
+                [sys.executable, "-m", "collector", "speed-server", "--host", SERVER_IP,
+                 "--port", str(SPEED_PORT)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=str(REPO),
+            ),
+        ]  # fmt: skip
+        built.wait_for_server_port(IPERF_PORT)
+        built.wait_for_server_port(SPEED_PORT)
+        yield built
+        for server in servers:
+            server.kill()
+            server.wait()
+
+
+def test_the_emulated_link_has_the_round_trip_asked_for(link: ShapedLink) -> None:
+    assert link.measured_rtt_ms is not None
+    assert 78 <= link.measured_rtt_ms <= 90
+
+
+def test_agent_measures_20_mbps_at_80_ms_like_the_reference(link: ShapedLink) -> None:
+    reference = {d: run_reference(link, d) for d in ("download", "upload")}
+    measured = run_agent(link, "stable")
+
+    assert measured["result"] == "success", measured.get("error")
+    for direction in ("download", "upload"):
+        ratio = measured[f"{direction}_mbps"] / reference[direction]
+        assert abs(ratio - 1) <= TOLERANCE, (direction, measured, reference)
+    assert 17 <= reference["download"] <= 20, "the reference itself sees the 20 Mbps shaping"
+    assert 75 <= measured["latency_ms"] <= 95, "latency is the real round trip to the server"
+    assert measured["jitter_ms"] < 10
