@@ -5,7 +5,9 @@ restarts; the month is the calendar month in the schedule's time zone. Before
 a test, the agent asks whether the test it is about to run fits: the estimate
 is the largest test of the month so far (or ``first_estimate`` before any).
 A test that does not fit is skipped and reported as ``budget_exhausted``; a
-test that runs is also capped at what is left.
+test that runs is also capped at what is left. The file is read again before
+every decision, so a test run by hand (``school-agent speedtest``) and the
+daemon count against the same budget.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ class DataBudget:
         self._month = ""
         self._used = 0
         self._largest = 0
-        self._load()
 
     def used(self, now: datetime) -> int:
         """Bytes used by speed tests this month."""
+        self._load()
         self._roll(now)
         return self._used
 
@@ -58,6 +60,7 @@ class DataBudget:
         return (self._largest or self._first_estimate) <= left
 
     def record(self, now: datetime, moved: int) -> None:
+        self._load()
         self._roll(now)
         self._used += moved
         self._largest = max(self._largest, moved)

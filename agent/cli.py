@@ -6,13 +6,16 @@ import argparse
 import logging
 import signal
 import sys
+from datetime import UTC, datetime
 from types import FrameType
 
 from agent import __version__
 from agent.broker import BrokerError
+from agent.budget import MB, DataBudget
 from agent.command_line import common_options, setup_logging
 from agent.config_file import ConfigError, load_settings
 from agent.contract import SpeedMeasurement, SpeedResult
+from agent.identity import ensure_state_dir
 from agent.settings import ENV_PREFIX, AgentSettings
 from agent.speed import SilentProgress, SpeedTester, TerminalProgress
 
@@ -55,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Needs no school_id or broker: use it to check a link before setting up.",
     )
     test.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    test.add_argument(
+        "--ignore-budget",
+        action="store_true",
+        help="run even if speedtest.monthly_budget_mb is spent (the data still counts)",
+    )
     return parser
 
 
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(args.log_level or settings.log_level)
     if args.command == "speedtest":
-        return _speedtest(settings, as_json=args.json)
+        return _speedtest(settings, as_json=args.json, ignore_budget=args.ignore_budget)
     return _run(settings, once=args.once)
 
 
@@ -104,14 +112,41 @@ def _run(settings: AgentSettings, *, once: bool) -> int:
     return 0
 
 
-def _speedtest(settings: AgentSettings, *, as_json: bool) -> int:
+def _speedtest(settings: AgentSettings, *, as_json: bool, ignore_budget: bool) -> int:
     progress = TerminalProgress() if sys.stderr.isatty() and not as_json else SilentProgress()
-    measurement = SpeedTester(settings.speedtest).measure(progress)
+    budget = _budget_for_cli(settings)
+    now = datetime.now(UTC)
+    max_bytes = None
+    if budget is not None and not ignore_budget:
+        if not budget.allows_test(now):
+            used, cap = budget.used(now) / MB, (budget.cap_bytes or 0) / MB
+            print(
+                f"school-agent: {used:.0f} of the {cap:.0f} MB monthly data budget are used; "
+                "add --ignore-budget to test anyway, or raise speedtest.monthly_budget_mb",
+                file=sys.stderr,
+            )
+            return EXIT_TEST_FAILED
+        max_bytes = budget.remaining(now)
+    measurement = SpeedTester(settings.speedtest).measure(progress, max_bytes=max_bytes)
+    if budget is not None:
+        budget.record(now, measurement.bytes_received + measurement.bytes_sent)
     if as_json:
         print(measurement.model_dump_json())
     else:
         print(_describe(measurement))
     return 0 if measurement.result is SpeedResult.SUCCESS else EXIT_TEST_FAILED
+
+
+def _budget_for_cli(settings: AgentSettings) -> DataBudget | None:
+    """The daemon's budget, when one is set and its state directory is usable."""
+    if settings.speedtest.monthly_budget_mb is None:
+        return None
+    try:
+        state_dir = ensure_state_dir(settings.state_dir)
+    except ConfigError as exc:
+        log.warning("not counting this test against the data budget: %s", exc)
+        return None
+    return DataBudget(state_dir, settings.speedtest.monthly_budget_mb, settings.schedule.tz())
 
 
 def _describe(m: SpeedMeasurement) -> str:
