@@ -135,6 +135,8 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
             version="1",
             boot_id="0" * 32,
             host=host,
+            data_used_month_bytes=1,
+            data_budget_month_bytes=2,
         ),
         DevicesReport(
             school_id="KZ-1",

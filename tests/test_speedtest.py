@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import uuid
@@ -240,9 +241,11 @@ def test_progress_is_drawn_on_a_terminal(speed_server: SpeedServer) -> None:
     os.close(controller)
     screen = drawn.decode(errors="replace")
     assert process.returncode == 0
-    assert "Download   [" in screen
-    assert "] 40/40" in screen  # 10 sizes x 4 requests each, all finished
+    assert "Latency    " in screen
+    assert "Download   [" in screen, "a bar while the download runs"
     assert "Upload     [" in screen
+    assert re.search(r"Download   \[#+\.*\] [0-9.]+ Mbps", screen), "with the live rate"
+    assert re.search(r"Upload     [0-9.]+ Mbps\r\n", screen), "and the figure when done"
 
 
 def test_one_connection_downloads_file_after_file(speed_server: SpeedServer) -> None:

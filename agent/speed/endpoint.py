@@ -66,8 +66,8 @@ def classify(exc: BaseException, doing: str) -> SpeedTestFailed:  # noqa: PLR091
         return SpeedTestFailed(SpeedResult.HTTP_ERROR, f"{doing}: HTTP {exc.code} {exc.reason}")
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
-    if isinstance(reason, ConnectionError | http.client.IncompleteRead):
-        # RemoteDisconnected is both; a hang-up mid-body is a lost connection, not garbage.
+    if isinstance(reason, ConnectionResetError | BrokenPipeError | http.client.IncompleteRead):
+        # RemoteDisconnected is both a reset and an HTTPException: a hang-up, not garbage.
         return SpeedTestFailed(
             SpeedResult.CONNECTION_FAILED, f"{doing}: the server closed the connection"
         )
