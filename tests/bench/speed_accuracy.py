@@ -79,8 +79,8 @@ def run_reference(link: ShapedLink, direction: str) -> float:
         str(IPERF_PORT),
         "-P",
         str(REFERENCE_STREAMS),
-        "-t",
-        str(omit + measured),
+        "-t",  # iperf3 runs the -O warm-up first, then -t measured seconds
+        str(measured),
         "-O",
         str(omit),
         "-J",
