@@ -15,6 +15,7 @@ from agent.budget import MB, DataBudget
 from agent.command_line import common_options, setup_logging
 from agent.config_file import ConfigError, load_settings
 from agent.contract import SpeedMeasurement, SpeedResult
+from agent.devices.check import check_devices, describe_devices
 from agent.identity import ensure_state_dir
 from agent.settings import ENV_PREFIX, AgentSettings
 from agent.speed import SilentProgress, SpeedTester, TerminalProgress
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run even if speedtest.monthly_budget_mb is spent (the data still counts)",
     )
+
+    devices = commands.add_parser(
+        "devices",
+        parents=[common],
+        help="check every configured device once and print its state (publishes nothing)",
+        description="Check every device in the config once, as `run` would (a failing device "
+        "is re-checked until it is down), and print a table. Heartbeat devices are listed "
+        "but not checked. Exit 0 when every checked device is up, 1 otherwise.",
+    )
+    devices.add_argument("--json", action="store_true", help="print one JSON object per device")
     return parser
 
 
@@ -76,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level or settings.log_level)
     if args.command == "speedtest":
         return _speedtest(settings, as_json=args.json, ignore_budget=args.ignore_budget)
+    if args.command == "devices":
+        try:
+            return check_devices(settings, as_json=args.json)
+        except ConfigError as exc:
+            print(f"school-agent: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     return _run(settings, once=args.once)
 
 
@@ -99,7 +116,11 @@ def _run(settings: AgentSettings, *, once: bool) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, on_usr1)
     if not once:
-        agent.run_forever()
+        try:
+            agent.run_forever()
+        except ConfigError as exc:
+            print(f"school-agent: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return 0
     progress = TerminalProgress() if sys.stderr.isatty() else SilentProgress()
     try:
@@ -108,6 +129,8 @@ def _run(settings: AgentSettings, *, once: bool) -> int:
         print(f"school-agent: {exc}", file=sys.stderr)
         return EXIT_BROKER
     print(_describe(summary.speed))
+    if summary.devices:
+        print(describe_devices(summary.devices))
     print(f"Published  {summary.messages_acknowledged} messages, all acknowledged by the broker")
     return 0
 

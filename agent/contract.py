@@ -258,20 +258,75 @@ class DeviceState(StrEnum):
     DOWN = "down"
 
 
+class DeviceResult(StrEnum):
+    """Outcome of one device check; ``DEVICE_RESULT_CODES`` gives its number."""
+
+    SUCCESS = "success"
+    TIMEOUT = "timeout"
+    CONNECTION_REFUSED = "connection_refused"
+    DNS_ERROR = "dns_error"
+    TLS_ERROR = "tls_error"
+    STATUS_MISMATCH = "status_mismatch"
+    BODY_MISMATCH = "body_mismatch"
+    REPLY_MISMATCH = "reply_mismatch"
+    UNREACHABLE = "unreachable"
+    CONNECTION_RESET = "connection_reset"
+    PROTOCOL_ERROR = "protocol_error"
+    NO_HEARTBEAT = "no_heartbeat"
+    NOT_CHECKED = "not_checked"
+    AGENT_LOST = "agent_lost"
+    INTERNAL_ERROR = "internal_error"
+
+
+DEVICE_RESULT_CODES: dict[DeviceResult, int] = {
+    DeviceResult.SUCCESS: 0,
+    DeviceResult.TIMEOUT: 1,
+    DeviceResult.CONNECTION_REFUSED: 2,
+    DeviceResult.DNS_ERROR: 3,
+    DeviceResult.TLS_ERROR: 4,
+    DeviceResult.STATUS_MISMATCH: 5,
+    DeviceResult.BODY_MISMATCH: 6,
+    DeviceResult.REPLY_MISMATCH: 7,
+    DeviceResult.UNREACHABLE: 8,
+    DeviceResult.CONNECTION_RESET: 9,
+    DeviceResult.PROTOCOL_ERROR: 10,
+    DeviceResult.NO_HEARTBEAT: 11,
+    DeviceResult.NOT_CHECKED: 12,
+    DeviceResult.AGENT_LOST: 13,
+    DeviceResult.INTERNAL_ERROR: 99,
+}
+
+
 class DeviceObservation(_Strict):
+    """One device's state as the agent sees it, and the check that last decided it.
+
+    ``result`` is a :class:`DeviceResult` value; it is a plain name on the wire
+    so that an older collector can still store a result it does not know yet.
+    """
+
     device_id: DeviceId
     kind: DeviceKind
+    label: ShortText
     state: DeviceState
+    changed_at: AwareDatetime
     result: ResultName
     result_code: Annotated[int, Field(ge=0, le=999)]
     response_ms: Millis | None = None
+    detail: ShortText | None = None
 
 
 class DevicesReport(Envelope):
-    """Published on ``<root>/<school_id>/devices``."""
+    """Published on ``<root>/<school_id>/devices``.
+
+    ``full`` is true for the periodic list of every device (and the first one
+    after start); a state change is published at once with the changed devices
+    only. ``sequence`` counts this boot's reports from 0, so a gap shows a lost
+    report and a new ``boot_id`` a restart.
+    """
 
     boot_id: MessageId
     sequence: Annotated[int, Field(ge=0)]
+    full: bool
     devices: Annotated[list[DeviceObservation], Field(max_length=1000)]
 
 
@@ -287,6 +342,15 @@ class HostHealth(_Strict):
     uptime_s: Annotated[int, Field(ge=0)]
     load_1m: Annotated[float, Field(ge=0, le=10_000)] | None = None
     temperature_c: Annotated[float, Field(ge=-60, le=200)] | None = None
+
+
+class HeartbeatCounts(_Strict):
+    """Heartbeats the agent received since it started, accepted and rejected by reason."""
+
+    accepted: ByteCount = 0
+    unknown_device: ByteCount = 0
+    bad_token: ByteCount = 0
+    malformed: ByteCount = 0
 
 
 class AgentState(StrEnum):
@@ -316,6 +380,7 @@ class AgentStatus(Envelope):
     host: HostHealth | None = None
     data_used_month_bytes: ByteCount | None = None
     data_budget_month_bytes: ByteCount | None = None
+    heartbeats: HeartbeatCounts | None = None
 
     @model_validator(mode="after")
     def _online_carries_health(self) -> Self:

@@ -13,15 +13,24 @@ from agent import __version__
 from agent.broker import BrokerError
 from agent.budget import MB, DataBudget
 from agent.clock import Clock, SystemClock
+from agent.config_file import ConfigError
 from agent.contract import (
     AgentState,
     AgentStatus,
+    DeviceObservation,
     SpeedMeasurement,
     SpeedReport,
     SpeedResult,
     StatusReason,
     TopicKind,
 )
+from agent.devices.heartbeat_http import HeartbeatEndpoint
+from agent.devices.heartbeat_mqtt import HeartbeatSubscriber
+from agent.devices.heartbeats import HeartbeatDesk
+from agent.devices.inventory import CheckKind, split_address
+from agent.devices.monitor import DeviceMonitor
+from agent.devices.probes import IcmpUnavailable, icmp_privileged
+from agent.devices.reports import DeviceReporter
 from agent.host_health import prime_cpu_meter, read_host_health
 from agent.identity import ensure_state_dir, load_agent_id, new_boot_id
 from agent.publisher import Publisher
@@ -40,6 +49,7 @@ NOT_RETRIED = frozenset({SpeedResult.SUCCESS, SpeedResult.BUDGET_EXHAUSTED, Spee
 class OnceSummary:
     speed: SpeedReport
     messages_acknowledged: int
+    devices: list[DeviceObservation]
 
 
 class Agent:
@@ -77,6 +87,22 @@ class Agent:
             retry_interval=timedelta(minutes=plan.retry_interval_min),
         )
         self.budget = DataBudget(state_dir, settings.speedtest.monthly_budget_mb, plan.tz())
+        self.reporter = DeviceReporter(
+            self.publisher.publish,
+            school_id=self.school_id,
+            agent_id=self.agent_id,
+            boot_id=self.boot_id,
+            now=self.clock.now,
+        )
+        self.devices = DeviceMonitor(
+            settings.devices,
+            on_report=self.reporter,
+            full_interval_s=settings.device_report_interval_s,
+            privileged_icmp=_icmp_mode(settings),
+            now=self.clock.now,
+        )
+        self.heartbeats = HeartbeatDesk(settings.devices, self.devices.heartbeat)
+        self._listeners: list[HeartbeatEndpoint | HeartbeatSubscriber] = []
         self._stopping = threading.Event()
         self._wanted = threading.Event()  # a manual test was asked for
         self._wake = threading.Event()
@@ -101,6 +127,9 @@ class Agent:
         try:
             self.clock.wait(0.2, self._wake)  # let the CPU meter average over a moment
             mids = [self._publish_status(StatusReason.STARTED)]
+            devices = self.devices.check_once() if self.settings.devices else []
+            if devices:
+                mids += self.reporter(devices, full=True)
             report = self._speed_test(progress)
             mids.append(self.publisher.publish(report, TopicKind.SPEED))
             self.publisher.wait_acked(mids, self.settings.mqtt.ack_timeout_s)
@@ -108,13 +137,15 @@ class Agent:
             self.publisher.close()
             raise
         self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
-        return OnceSummary(report, len(mids))
+        return OnceSummary(report, len(mids), devices)
 
     # -- daemon ----------------------------------------------------------
 
     def run_forever(self) -> None:
         prime_cpu_meter()
+        self._open_listeners()
         self.publisher.start()
+        self._start_devices()
         now = self.clock.now()
         next_status = now
         if self.settings.schedule.startup_test:
@@ -149,8 +180,38 @@ class Agent:
             until = min(next_status, next_test)
             if self.clock.wait((until - self.clock.now()).total_seconds(), self._wake):
                 self._wake.clear()
+        self._stop_devices()
         self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
         log.info("agent stopped")
+
+    def _open_listeners(self) -> None:
+        """Bind the heartbeat endpoints (when a device sends heartbeats); fail early if taken."""
+        plan = self.settings.heartbeat
+        if self.heartbeats.wanted:
+            if plan.listen:
+                host, port = split_address(plan.listen)
+                try:
+                    self._listeners.append(HeartbeatEndpoint(host, port, self.heartbeats))
+                except OSError as exc:
+                    raise ConfigError(str(exc)) from exc
+            if plan.mqtt.url:
+                self._listeners.append(
+                    HeartbeatSubscriber(plan.mqtt, plan.topic_prefix, self.heartbeats)
+                )
+
+    def _start_devices(self) -> None:
+        """Start the heartbeat listeners and the device checks."""
+        if not self.settings.devices:
+            return
+        for listener in self._listeners:
+            listener.start()
+        self.devices.start()
+        log.info("watching %d device(s)", len(self.settings.devices))
+
+    def _stop_devices(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self.devices.stop()
 
     # -- steps -----------------------------------------------------------
 
@@ -200,6 +261,7 @@ class Agent:
             measured_at=now,
             data_used_month_bytes=self.budget.used(now),
             data_budget_month_bytes=self.budget.cap_bytes,
+            heartbeats=self.heartbeats.counts() if self.heartbeats.wanted else None,
         )
 
     def _publish_status(self, reason: StatusReason) -> int:
@@ -224,6 +286,17 @@ def _log_measurement(m: SpeedMeasurement) -> None:
         )
     else:
         log.warning("speed test failed: %s (%s)", m.result.value, m.error)
+
+
+def _icmp_mode(settings: AgentSettings) -> bool:
+    """Whether ICMP checks need raw sockets; a clear start-up error when none are allowed."""
+    if not any(device.check is CheckKind.ICMP for device in settings.devices):
+        return False
+    try:
+        return icmp_privileged()
+    except IcmpUnavailable as exc:
+        names = ", ".join(d.id for d in settings.devices if d.check is CheckKind.ICMP)
+        raise ConfigError(f"devices {names}: {exc}") from exc
 
 
 def _local(moment: datetime, settings: AgentSettings) -> str:

@@ -11,6 +11,7 @@ from agent.contract import (
     AgentState,
     AgentStatus,
     Envelope,
+    HeartbeatCounts,
     HostHealth,
     StatusReason,
     TopicKind,
@@ -78,6 +79,7 @@ class Publisher:
         measured_at: datetime | None = None,
         data_used_month_bytes: int | None = None,
         data_budget_month_bytes: int | None = None,
+        heartbeats: HeartbeatCounts | None = None,
     ) -> AgentStatus:
         return AgentStatus(
             school_id=self._school_id,
@@ -90,6 +92,7 @@ class Publisher:
             host=host,
             data_used_month_bytes=data_used_month_bytes,
             data_budget_month_bytes=data_budget_month_bytes,
+            heartbeats=heartbeats,
         )
 
     def publish(self, message: Envelope, kind: TopicKind) -> int:

@@ -20,6 +20,7 @@ from pydantic_settings import SettingsConfigDict
 from agent.broker import BrokerSettings
 from agent.config_file import FileSettings, require
 from agent.contract import DEFAULT_TOPIC_ROOT, AgentId, SchoolId
+from agent.devices.inventory import DeviceConfig, parse_devices, split_address
 from agent.schedule import Window
 
 ENV_PREFIX = "SCHOOL_AGENT_"
@@ -152,6 +153,23 @@ class ScheduleSettings(BaseModel):
         return parse_timezone(self.timezone)
 
 
+class HeartbeatSettings(BaseModel):
+    """Where heartbeat devices report (used only when some device has ``check = "heartbeat"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = "0.0.0.0:8470"
+    mqtt: BrokerSettings = Field(default_factory=BrokerSettings)
+    topic_prefix: TopicRoot = "heartbeats"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_parses(cls, value: str) -> str:
+        if value:
+            split_address(value)
+        return value
+
+
 class AgentSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
@@ -166,6 +184,14 @@ class AgentSettings(FileSettings):
     mqtt: AgentMqttSettings = Field(default_factory=AgentMqttSettings)
     speedtest: SpeedtestSettings = Field(default_factory=SpeedtestSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    devices: Annotated[list[DeviceConfig], Field(max_length=500)] = Field(default_factory=list)
+    device_report_interval_s: float = Field(default=300.0, ge=5, le=86_400)
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices_parse(cls, value: object) -> list[DeviceConfig]:
+        return parse_devices(value)
 
     def require_for_run(self) -> None:
         """The daemon needs to know who it is and where to publish."""

@@ -25,6 +25,8 @@ class Counters:
     dead_lettered: int = 0
     batches: int = 0
     write_retries: int = 0
+    device_report_gaps: int = 0
+    agent_restarts: int = 0
     rejected: Counter[RejectReason] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -49,6 +51,8 @@ class Counters:
                 "dead_lettered": self.dead_lettered,
                 "batches": self.batches,
                 "write_retries": self.write_retries,
+                "device_report_gaps": self.device_report_gaps,
+                "agent_restarts": self.agent_restarts,
             }
             by_reason = sorted(self.rejected.items())
         return [encode(COLLECTOR, tags, totals, at)] + [

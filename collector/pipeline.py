@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from agent.contract import DeadLetter, RejectReason
+from agent.contract import DeadLetter, DevicesReport, RejectReason
 from collector.counters import Counters
+from collector.device_book import DeviceBook, Numbering
 from collector.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
+from collector.influx.query import InfluxQL, influx_lookup
 from collector.intake import Rejection, decode
 from collector.points import PointMaker
 from collector.settings import CollectorSettings
@@ -62,8 +64,9 @@ class Pipeline:
         self._settings = settings
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self._stopping = threading.Event()
-        self._points = PointMaker()
         self.counters = Counters()
+        self._influxql = InfluxQL(settings.influx)
+        self._points = PointMaker(DeviceBook(influx_lookup(self._influxql)), self._numbered)
 
     # -- called from the MQTT network thread ------------------------------
 
@@ -87,6 +90,7 @@ class Pipeline:
                 self._write_stats()
                 next_stats = time.monotonic() + self._settings.stats_interval_s
         self._write_stats()
+        self._influxql.close()
         log.info("collector stopped: %s", self.counters.summary())
 
     def _collect(self, outlet: Outlet) -> _Batch:
@@ -122,6 +126,20 @@ class Pipeline:
         batch.lines.extend(
             (line, index) for line in self._points.lines(decoded.message, item.arrived_ns)
         )
+
+    def _numbered(self, report: DevicesReport, numbering: Numbering) -> None:
+        where = f"school {report.school_id} agent {report.agent_id}"
+        if numbering.restarted:
+            self.counters.add(agent_restarts=1)
+            log.info("%s restarted (boot %s)", where, report.boot_id[:8])
+        if numbering.missing:
+            self.counters.add(device_report_gaps=numbering.missing)
+            log.warning(
+                "%s: %d device report(s) missing before sequence %d",
+                where,
+                numbering.missing,
+                report.sequence,
+            )
 
     def _process(self, batch: _Batch, outlet: Outlet) -> None:
         refused = self._write(batch.lines)

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
 
 from agent.contract import (
+    DEVICE_RESULT_CODES,
     AgentState,
     AgentStatus,
+    DeviceResult,
     DevicesReport,
     DeviceState,
     Envelope,
     SpeedReport,
     StatusReason,
 )
+from collector.device_book import DeviceBook, KnownDevice, Numbering
 from collector.line_protocol import FieldValue, encode
 
 SPEED = "speed"
@@ -29,11 +33,14 @@ DEVICE = "device"
 COLLECTOR = "collector"
 COLLECTOR_REJECTIONS = "collector_rejections"
 
+# The collector's own state for a device whose agent is lost: not seen, not known down.
+STALE = "stale"
 DEVICE_STATE_CODES = {
-    DeviceState.UNKNOWN: 0,
-    DeviceState.UP: 1,
-    DeviceState.LATE: 2,
-    DeviceState.DOWN: 3,
+    DeviceState.UNKNOWN.value: 0,
+    DeviceState.UP.value: 1,
+    DeviceState.LATE.value: 2,
+    DeviceState.DOWN.value: 3,
+    STALE: 4,
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -108,6 +115,14 @@ def agent_line(status: AgentStatus, at_ns: int) -> str:
         "data_used_month_bytes": status.data_used_month_bytes,
         "data_budget_month_bytes": status.data_budget_month_bytes,
     }
+    if status.heartbeats is not None:
+        counts = status.heartbeats
+        fields |= {
+            "heartbeats_accepted": counts.accepted,
+            "heartbeats_unknown_device": counts.unknown_device,
+            "heartbeats_bad_token": counts.bad_token,
+            "heartbeats_malformed": counts.malformed,
+        }
     if status.host is not None:
         host = status.host
         fields |= {
@@ -142,16 +157,49 @@ def device_lines(report: DevicesReport) -> list[str]:
             },
             {
                 "state": device.state.value,
-                "state_code": DEVICE_STATE_CODES[device.state],
+                "state_code": DEVICE_STATE_CODES[device.state.value],
                 "up": int(device.state is DeviceState.UP),
                 "result_code": device.result_code,
                 "response_ms": _float(device.response_ms),
+                "changed_at_ms": ns(device.changed_at) // 1_000_000,
+                "label": text(device.label),
+                "detail": text(device.detail) if device.detail is not None else None,
                 "sequence": report.sequence,
+                "full": int(report.full),
+                "boot_id": report.boot_id,
                 "message_id": report.message_id,
             },
             at,
         )
         for device in report.devices
+    ]
+
+
+def stale_lines(devices: list[KnownDevice], will: AgentStatus, at_ns: int) -> list[str]:
+    """A ``stale`` point for each device of a school whose agent was lost."""
+    lost = DeviceResult.AGENT_LOST
+    return [
+        encode(
+            DEVICE,
+            {
+                "school_id": will.school_id,
+                "agent_id": device.agent_id,
+                "device_id": device.device_id,
+                "kind": device.kind,
+                "result": lost.value,
+            },
+            {
+                "state": STALE,
+                "state_code": DEVICE_STATE_CODES[STALE],
+                "up": 0,
+                "result_code": DEVICE_RESULT_CODES[lost],
+                "changed_at_ms": at_ns // 1_000_000,
+                "label": text(device.label) if device.label is not None else None,
+                "message_id": will.message_id,
+            },
+            at_ns,
+        )
+        for device in devices
     ]
 
 
@@ -165,19 +213,33 @@ def _int(flag: bool | None) -> int | None:
 
 
 class PointMaker:
-    """Turns accepted messages into line-protocol lines."""
+    """Turns accepted messages into line-protocol lines.
 
-    def __init__(self) -> None:
+    ``book`` remembers each school's devices for the stale rule; ``on_numbering``
+    hears what each device report's sequence number says (gaps, restarts).
+    """
+
+    def __init__(
+        self,
+        book: DeviceBook | None = None,
+        on_numbering: Callable[[DevicesReport, Numbering], None] | None = None,
+    ) -> None:
         self._wills = ArrivalClock()
+        self.book = book or DeviceBook()
+        self._on_numbering = on_numbering
 
     def lines(self, message: Envelope, arrived_ns: int) -> list[str]:
         if isinstance(message, SpeedReport):
             return [speed_line(message)]
         if isinstance(message, AgentStatus):
-            at = ns(message.measured_at)
-            if message.reason is StatusReason.CONNECTION_LOST:
-                at = self._wills.stamp(message.message_id, arrived_ns)
-            return [agent_line(message, at)]
+            if message.reason is not StatusReason.CONNECTION_LOST:
+                return [agent_line(message, ns(message.measured_at))]
+            at = self._wills.stamp(message.message_id, arrived_ns)
+            devices = self.book.devices_of(message.school_id)
+            return [agent_line(message, at), *stale_lines(devices, message, at)]
         if isinstance(message, DevicesReport):
+            numbering = self.book.remember(message)
+            if self._on_numbering is not None:
+                self._on_numbering(message, numbering)
             return device_lines(message)
         raise TypeError(f"no points for {type(message).__name__}")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from agent.contract import (
     AgentState,
@@ -16,6 +17,7 @@ from agent.contract import (
     DeviceObservation,
     DevicesReport,
     DeviceState,
+    HeartbeatCounts,
     HostHealth,
     RejectReason,
     ServerKind,
@@ -25,6 +27,7 @@ from agent.contract import (
     SpeedServer,
     StatusReason,
 )
+from agent.devices.inventory import DeviceConfig
 from agent.settings import AgentSettings
 from collector.counters import Counters
 from collector.influx.v1 import V1Writer
@@ -55,11 +58,15 @@ def _names(cell: str) -> list[str]:
     return re.findall(r"`([^`]+)`", cell)
 
 
-def _flat_settings(cls: type[AgentSettings] | type[CollectorSettings]) -> set[str]:
+def _flat_settings(cls: type[BaseModel]) -> set[str]:
+    """Every setting's dotted name; nested models are walked, lists (``devices``) are one."""
     names = set()
     for name, field in cls.model_fields.items():
-        nested = getattr(field.annotation, "model_fields", None)
-        names |= {f"{name}.{sub}" for sub in nested} if nested else {name}
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= {f"{name}.{sub}" for sub in _flat_settings(annotation)}
+        else:
+            names.add(name)
     return names
 
 
@@ -73,6 +80,12 @@ def test_settings_tables_list_every_setting(
     table = _table_after("| setting |", _section(heading))
     documented = {name for row in table for name in _names(row[0])}
     assert documented == _flat_settings(cls)
+
+
+def test_device_table_lists_every_device_setting() -> None:
+    table = _table_after("| device setting |", _section("## Safety devices"))
+    documented = {name for row in table for name in _names(row[0])}
+    assert documented == set(DeviceConfig.model_fields)
 
 
 def _documented_measurement(name: str) -> dict[str, tuple[str, str]]:
@@ -118,10 +131,13 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
     device = DeviceObservation(
         device_id="pb1",
         kind=DeviceKind.PANIC_BUTTON,
+        label="Panic button, main entrance",
         state=DeviceState.UP,
+        changed_at=at,
         result="success",
         result_code=0,
         response_ms=3.0,
+        detail="fine",
     )
     return [
         SpeedReport.of(good, school_id="KZ-1", agent_id="a1", measured_at=at),
@@ -137,6 +153,7 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
             host=host,
             data_used_month_bytes=1,
             data_budget_month_bytes=2,
+            heartbeats=HeartbeatCounts(accepted=1, unknown_device=2, bad_token=3, malformed=4),
         ),
         DevicesReport(
             school_id="KZ-1",
@@ -144,7 +161,17 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
             measured_at=at,
             boot_id="0" * 32,
             sequence=1,
+            full=True,
             devices=[device],
+        ),
+        AgentStatus(  # the Last Will: the device above becomes stale
+            school_id="KZ-1",
+            agent_id="a1",
+            measured_at=at,
+            status=AgentState.OFFLINE,
+            reason=StatusReason.CONNECTION_LOST,
+            version="1",
+            boot_id="0" * 32,
         ),
     ]
 

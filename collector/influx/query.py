@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 import urllib3
 
+from collector.device_book import KnownDevice
 from collector.influx.errors import InfluxError, InfluxUnavailable
 from collector.influx.v1 import error_message
 from collector.settings import InfluxSettings
@@ -83,3 +85,26 @@ class InfluxQL:
 
     def close(self) -> None:
         self._http.clear()
+
+
+def quote_literal(value: str) -> str:
+    """An InfluxQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def influx_lookup(ql: InfluxQL, days: int = 30) -> Callable[[str], list[KnownDevice]]:
+    """The devices a school reported within ``days``, as stored in the ``device`` measurement."""
+
+    def lookup(school_id: str) -> list[KnownDevice]:
+        series = ql.query(
+            'SELECT last("state_code") FROM "device" '  # noqa: S608 - the id is quoted
+            f'WHERE "school_id" = {quote_literal(school_id)} AND time > now() - {days}d '
+            'GROUP BY "agent_id", "device_id", "kind"'
+        )
+        return [
+            KnownDevice(s.tags["agent_id"], s.tags["device_id"], s.tags["kind"])
+            for s in series
+            if {"agent_id", "device_id", "kind"} <= s.tags.keys()
+        ]
+
+    return lookup

@@ -1,0 +1,1 @@
+"""Safety devices: inventory, checks, heartbeats, state, reports."""

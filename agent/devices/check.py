@@ -1,0 +1,52 @@
+"""``school-agent devices``: check the configured devices once, by hand."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from agent.config_file import ConfigError
+from agent.contract import DeviceObservation, DeviceState
+from agent.devices.inventory import CheckKind
+from agent.devices.monitor import DeviceMonitor
+from agent.devices.probes import IcmpUnavailable, icmp_privileged
+from agent.settings import AgentSettings
+
+
+def check_devices(settings: AgentSettings, *, as_json: bool) -> int:
+    """Check every active device until it is up or down; print; 0 when all are up."""
+    if not settings.devices:
+        print(
+            "school-agent: no devices configured; add [[devices]] tables to the config file",
+            file=sys.stderr,
+        )
+        return 2
+    privileged = False
+    if any(device.check is CheckKind.ICMP for device in settings.devices):
+        try:
+            privileged = icmp_privileged()
+        except IcmpUnavailable as exc:
+            raise ConfigError(str(exc)) from exc
+    monitor = DeviceMonitor(settings.devices, on_report=lambda *_: None, privileged_icmp=privileged)
+    observations = monitor.check_once()
+    if as_json:
+        for observation in observations:
+            print(observation.model_dump_json())
+    else:
+        print(describe_devices(observations))
+    checked = [o for o, d in zip(observations, settings.devices, strict=True) if d.active]
+    return 0 if all(o.state is DeviceState.UP for o in checked) else 1
+
+
+def describe_devices(observations: Sequence[DeviceObservation]) -> str:
+    rows = [("DEVICE", "KIND", "STATE", "RESULT", "MS", "DETAIL")]
+    for o in observations:
+        ms = f"{o.response_ms:.1f}" if o.response_ms is not None else "-"
+        rows.append((o.device_id, o.kind.value, o.state.value, o.result, ms, o.detail or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True))
+        + "  "
+        + row[5]
+        for row in rows
+    ).rstrip()
