@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from agent.broker import BrokerAddress, BrokerSettings, redact_url
 from agent.config_file import ConfigError, FileSettings, load_settings
+from agent.devices.inventory import DeviceConfig
 from agent.settings import AgentSettings
 from collector.settings import CollectorSettings
 
@@ -131,11 +133,20 @@ def test_sample_config_files_load_and_list_every_setting(
     sample = SAMPLES / path
     load_settings(cls, sample)  # raises ConfigError if the sample is invalid
     text = sample.read_text()
+    _assert_listed(cls, text, path, section="")
+
+
+def _assert_listed(cls: type[BaseModel], text: str, path: str, section: str) -> None:
+    """Every setting of ``cls`` appears in the sample: a key, a [section] or [[list]]."""
     for name, field in cls.model_fields.items():
-        nested = getattr(field.annotation, "model_fields", None)
-        if nested:
-            assert f"[{name}]" in text, name
-            for sub in nested:
-                assert f"{sub} =" in text, f"{name}.{sub} is missing from {path}"
+        annotation = field.annotation
+        dotted = f"{section}.{name}" if section else name
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            assert f"[{dotted}]" in text, f"[{dotted}] is missing from {path}"
+            _assert_listed(annotation, text, path, dotted)
+        elif dotted == "devices":
+            assert "[[devices]]" in text, f"[[devices]] is missing from {path}"
+            for key in DeviceConfig.model_fields:
+                assert f"# {key} =" in text, f"devices' {key} is missing from {path}"
         else:
-            assert f"{name} =" in text, f"{name} is missing from {path}"
+            assert f"{name} =" in text, f"{dotted} is missing from {path}"

@@ -122,5 +122,6 @@ class HeartbeatEndpoint:
         )
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()  # waits for serve_forever: only once it runs
         self._server.server_close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -31,15 +32,18 @@ class HeartbeatSubscriber:
         self._client, self.address = new_client("school-agent-heartbeats", settings)
         self._keepalive = settings.keepalive_s
         self._watch = ConnectionWatch(self._client, self.address, self._subscribe)
+        self._subscribed = threading.Event()
         self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
 
     def start(self) -> None:
         self._client.connect_async(self.address.host, self.address.port, self._keepalive)
         self._client.loop_start()
         log.info("listening for device heartbeats on %s, topic %s+", self.address, self._prefix)
 
-    def wait_connected(self, timeout: float) -> None:
-        self._watch.wait(timeout)
+    def wait_subscribed(self, timeout: float) -> bool:
+        """True once the broker confirmed the subscription (heartbeats flow from then on)."""
+        return self._subscribed.wait(timeout)
 
     def close(self) -> None:
         self._client.disconnect()

@@ -140,7 +140,7 @@ class DeviceConfig(BaseModel):
             raise ValueError(f"ca_file {self.ca_file} does not exist")
         if self.token is not None and len(self.token.get_secret_value()) < 16:
             raise ValueError("token must be at least 16 characters (e.g. `openssl rand -hex 16`)")
-        if self.timeout_s >= self.period_s:
+        if self.active and self.timeout_s >= self.period_s:
             raise ValueError(f"timeout_s ({self.timeout_s:g}) must be shorter than period_s")
         return self
 
