@@ -203,9 +203,9 @@ class Agent:
         """Start the heartbeat listeners and the device checks."""
         if not self.settings.devices:
             return
+        self.devices.start()  # first: a heartbeat needs the monitor running
         for listener in self._listeners:
             listener.start()
-        self.devices.start()
         log.info("watching %d device(s)", len(self.settings.devices))
 
     def _stop_devices(self) -> None:

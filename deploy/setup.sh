@@ -28,6 +28,9 @@ if [ -n "$extras" ]; then
     command -v ethtool >/dev/null || [ -x /usr/sbin/ethtool ] || packages+=(ethtool)
     command -v iperf3 >/dev/null || packages+=(iperf3)
     command -v openssl >/dev/null || packages+=(openssl)
+    # Device checks: ICMP permissions per namespace (sysctl), running as nobody (setpriv).
+    command -v sysctl >/dev/null || [ -x /usr/sbin/sysctl ] || packages+=(procps)
+    command -v setpriv >/dev/null || packages+=(util-linux)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "setup: installing ${packages[*]} from Debian's packages"

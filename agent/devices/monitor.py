@@ -119,9 +119,13 @@ class DeviceMonitor:
         prober = self._probers[device.id]
         while True:
             started = loop.time()
-            self._observe(device, await prober.check())
-            settling = self._trackers[device.id].settling
-            interval = device.retry_s if settling else device.period_s
+            interval = device.period_s
+            try:
+                self._observe(device, await prober.check())
+                if self._trackers[device.id].settling:
+                    interval = device.retry_s
+            except Exception:  # a bug must not end this device's watch
+                log.exception("checking device %s failed; trying again", device.id)
             await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     async def _heartbeat_watch(self, device: DeviceConfig) -> None:
