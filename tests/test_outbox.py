@@ -1,0 +1,93 @@
+"""The agent's durable outbox: FIFO, bounded, and still there after kill -9."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.outbox import Outbox
+from tests.support.services import REPO
+
+
+def test_messages_come_back_in_order_until_removed(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db")
+    ids = [box.put(f"t/{n}", f"m{n}".encode(), retain=n == 2) for n in range(5)]
+    assert ids == sorted(ids)
+    first = box.after(0, 3)
+    assert [m.payload for m in first] == [b"m0", b"m1", b"m2"]
+    assert first[2].retain
+    assert [m.topic for m in box.after(first[-1].id, 10)] == ["t/3", "t/4"]
+    assert box.remove([ids[0], ids[1], 99_999]) == 2
+    assert [m.payload for m in box.after(0, 10)] == [b"m2", b"m3", b"m4"]
+    stats = box.stats()
+    assert (stats.messages, stats.bytes, stats.dropped) == (3, 6, 0)
+
+
+def test_what_was_stored_is_there_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    kept = box.put("t", b"kept")
+    box.remove([box.put("t", b"sent")])
+    box.close()
+    again = Outbox(path)
+    assert [(m.id, m.payload) for m in again.after(0, 10)] == [(kept, b"kept")]
+    assert again.stats().messages == 1
+    assert again.put("t", b"next") > kept
+
+
+def test_every_put_that_returned_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from pathlib import Path; from agent.outbox import Outbox\n"
+                f"box = Outbox(Path({str(path)!r}))\n"
+                "for n in range(100000):\n"
+                "    box.put('t', str(n).encode())\n"
+                "    print(n, flush=True)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert writer.stdout is not None
+    for line in writer.stdout:  # bounded by pytest-timeout
+        if line.strip() == "200":
+            break
+    writer.send_signal(signal.SIGKILL)
+    confirmed = 201 + sum(  # lines 0 to 200 were read above
+        1 for line in writer.stdout if line.strip()
+    )
+    writer.wait()
+    stored = [int(m.payload) for m in Outbox(path).after(0, 1_000_000)]
+    assert stored[:confirmed] == list(range(confirmed))  # nothing confirmed is missing
+    assert len(stored) <= confirmed + 1  # at most the one being written when killed
+
+
+def test_when_full_the_oldest_go_first_and_are_counted(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", max_bytes=100)
+    for n in range(30):
+        box.put("t", b"%09d" % n)  # 9 bytes each: 11 fit
+    payloads = [int(m.payload) for m in box.after(0, 100)]
+    assert payloads == list(range(19, 30))
+    assert box.stats().dropped == 19
+    box.close()
+    assert Outbox(tmp_path / "outbox.db", max_bytes=100).stats().dropped == 19  # kept on disk
+
+
+def test_messages_older_than_the_age_limit_are_dropped_and_counted(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    box = Outbox(tmp_path / "outbox.db", max_age_s=3600, clock=lambda: now[0])
+    box.put("t", b"old")
+    now[0] += 3000
+    box.put("t", b"younger")
+    now[0] += 1000  # the first is now 4000 s old
+    box.put("t", b"new")
+    assert [m.payload for m in box.after(0, 10)] == [b"younger", b"new"]
+    stats = box.stats()
+    assert (stats.dropped, stats.oldest_age_s) == (1, 1000)
