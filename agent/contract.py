@@ -353,6 +353,15 @@ class HeartbeatCounts(_Strict):
     malformed: ByteCount = 0
 
 
+class OutboxCounts(_Strict):
+    """The agent's outbox: messages not yet acknowledged by the broker, and drops."""
+
+    messages: ByteCount
+    bytes: ByteCount
+    oldest_age_s: Annotated[float, Field(ge=0, le=10**9)]
+    dropped: ByteCount
+
+
 class AgentState(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
@@ -381,6 +390,7 @@ class AgentStatus(Envelope):
     data_used_month_bytes: ByteCount | None = None
     data_budget_month_bytes: ByteCount | None = None
     heartbeats: HeartbeatCounts | None = None
+    outbox: OutboxCounts | None = None
 
     @model_validator(mode="after")
     def _online_carries_health(self) -> Self:

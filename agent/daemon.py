@@ -33,6 +33,7 @@ from agent.devices.probes import IcmpUnavailable, icmp_privileged
 from agent.devices.reports import DeviceReporter
 from agent.host_health import prime_cpu_meter, read_host_health
 from agent.identity import ensure_state_dir, load_agent_id, new_boot_id
+from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.schedule import SpeedSchedule
 from agent.settings import AgentSettings
@@ -70,8 +71,16 @@ class Agent:
         state_dir = ensure_state_dir(settings.state_dir)
         self.agent_id = settings.agent_id or load_agent_id(state_dir)
         self.boot_id = new_boot_id()
+        keep = settings.outbox
+        self.outbox = Outbox(
+            state_dir / "outbox.db",
+            max_bytes=int(keep.max_mb * MB),
+            max_age_s=keep.max_age_days * 86_400,
+        )
         self.publisher = Publisher(
             settings.mqtt,
+            self.outbox,
+            plan=keep,
             school_id=self.school_id,
             agent_id=self.agent_id,
             boot_id=self.boot_id,
@@ -126,18 +135,18 @@ class Agent:
         self.publisher.connect()
         try:
             self.clock.wait(0.2, self._wake)  # let the CPU meter average over a moment
-            mids = [self._publish_status(StatusReason.STARTED)]
+            stored = [self._publish_status(StatusReason.STARTED)]
             devices = self.devices.check_once() if self.settings.devices else []
             if devices:
-                mids += self.reporter(devices, full=True)
+                stored += self.reporter(devices, full=True)
             report = self._speed_test(progress)
-            mids.append(self.publisher.publish(report, TopicKind.SPEED))
-            self.publisher.wait_acked(mids, self.settings.mqtt.ack_timeout_s)
+            stored.append(self.publisher.publish(report, TopicKind.SPEED))
+            self.publisher.wait_acked(stored, self.settings.mqtt.ack_timeout_s)
         except BrokerError:
             self.publisher.close()
             raise
         self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
-        return OnceSummary(report, len(mids), devices)
+        return OnceSummary(report, len(stored), devices)
 
     # -- daemon ----------------------------------------------------------
 

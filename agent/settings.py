@@ -153,6 +153,18 @@ class ScheduleSettings(BaseModel):
         return parse_timezone(self.timezone)
 
 
+class OutboxSettings(BaseModel):
+    """The durable outbox (``<state_dir>/outbox.db``): its bounds and how fast it empties."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_mb: float = Field(default=50.0, gt=0, le=100_000)
+    max_age_days: float = Field(default=30.0, gt=0, le=3650)
+    replay_rate_per_s: float = Field(default=5.0, gt=0, le=10_000)
+    max_in_flight: int = Field(default=20, ge=1, le=1000)
+    resend_after_s: float = Field(default=60.0, ge=1, le=86_400)
+
+
 class HeartbeatSettings(BaseModel):
     """Where heartbeat devices report (used only when some device has ``check = "heartbeat"``)."""
 
@@ -187,6 +199,7 @@ class AgentSettings(FileSettings):
     devices: Annotated[list[DeviceConfig], Field(max_length=500)] = Field(default_factory=list)
     device_report_interval_s: float = Field(default=300.0, ge=5, le=86_400)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
 
     @field_validator("devices", mode="before")
     @classmethod

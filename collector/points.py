@@ -123,6 +123,14 @@ def agent_line(status: AgentStatus, at_ns: int) -> str:
             "heartbeats_bad_token": counts.bad_token,
             "heartbeats_malformed": counts.malformed,
         }
+    if status.outbox is not None:
+        box = status.outbox
+        fields |= {
+            "outbox_messages": box.messages,
+            "outbox_bytes": box.bytes,
+            "outbox_oldest_age_s": float(box.oldest_age_s),
+            "outbox_dropped": box.dropped,
+        }
     if status.host is not None:
         host = status.host
         fields |= {

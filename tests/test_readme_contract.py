@@ -19,6 +19,7 @@ from agent.contract import (
     DeviceState,
     HeartbeatCounts,
     HostHealth,
+    OutboxCounts,
     RejectReason,
     ServerKind,
     SpeedMeasurement,
@@ -154,6 +155,7 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
             data_used_month_bytes=1,
             data_budget_month_bytes=2,
             heartbeats=HeartbeatCounts(accepted=1, unknown_device=2, bad_token=3, malformed=4),
+            outbox=OutboxCounts(messages=1, bytes=700, oldest_age_s=0.5, dropped=0),
         ),
         DevicesReport(
             school_id="KZ-1",
