@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+SHIPPED_BROKER_CONFIG = REPO / "deploy" / "mosquitto" / "school-monitor.conf"
 DEFAULT_RUN_DIR = REPO / ".run" / "stack"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PACKAGES = {"mosquitto": "mosquitto", "influxd": "influxdb"}
@@ -181,10 +182,9 @@ class Process:
 class Mosquitto:
     """A Mosquitto broker on 127.0.0.1 with persistence in ``run_dir``.
 
-    ``max_inflight_messages`` is raised from 20 so that the collector's receive
-    maximum, not the broker, bounds its in-flight window; the queue limit is
-    raised from 1000 so that a stopped collector's persistent session keeps
-    what arrives meanwhile (deploy/ will ship the production reasoning).
+    Its limits are the ones the project ships for production,
+    deploy/mosquitto/school-monitor.conf (persistence, queue sizes), appended
+    to the listener and paths written here.
     """
 
     def __init__(self, run_dir: Path, port: int, extra_config: str = "") -> None:
@@ -211,15 +211,12 @@ class Mosquitto:
             f"""# written by deploy/localstack.py
 {user}listener {self.port} 127.0.0.1
 allow_anonymous true
-persistence true
 persistence_location {self.run_dir}/
-autosave_interval 60
-max_inflight_messages 1000
-max_queued_messages 100000
 log_dest stdout
 log_type error
 log_type warning
 log_type notice
+{SHIPPED_BROKER_CONFIG.read_text()}
 {self.extra_config}
 """
         )
