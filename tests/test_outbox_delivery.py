@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from localstack import Mosquitto, free_port
 
-from agent.contract import SpeedMeasurement, SpeedReport, SpeedResult, TopicKind
+from agent.contract import (
+    AgentState,
+    HostHealth,
+    SpeedMeasurement,
+    SpeedReport,
+    SpeedResult,
+    StatusReason,
+    TopicKind,
+)
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.settings import AgentMqttSettings, OutboxSettings
@@ -126,3 +134,35 @@ def test_a_broker_restart_mid_stream_loses_nothing(own_broker: Mosquitto, tmp_pa
         publisher.close()
         listener.close()
     assert listener_messages == [r.message_id for r in reports]
+
+
+def test_the_agent_status_reports_the_outbox_and_its_drops(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", max_bytes=2000)
+    publisher = Publisher(
+        AgentMqttSettings(url=f"mqtt://127.0.0.1:{free_port()}", topic_root="t"),
+        outbox,
+        school_id="KZ-1",
+        agent_id="a1",
+        boot_id="0" * 32,
+        version="test",
+    )  # never started: nothing leaves the outbox
+    for number in range(10):
+        publisher.publish(_report("KZ-1", number), TopicKind.SPEED)
+    status = publisher.status(AgentState.ONLINE, StatusReason.HEARTBEAT, _host())
+    assert status.outbox is not None
+    assert status.outbox.messages == outbox.stats().messages < 10
+    assert status.outbox.dropped == 10 - status.outbox.messages
+    assert status.outbox.bytes <= 2000
+    offline = publisher.status(AgentState.OFFLINE, StatusReason.CONNECTION_LOST)
+    assert offline.outbox is None  # the Last Will is written long before it fires
+
+
+def _host() -> HostHealth:
+    return HostHealth(
+        cpu_percent=1.0,
+        memory_percent=1.0,
+        memory_available_bytes=1,
+        disk_percent=1.0,
+        disk_free_bytes=1,
+        uptime_s=1,
+    )
