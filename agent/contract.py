@@ -419,6 +419,8 @@ class RejectReason(StrEnum):
     SCHEMA_VIOLATION = "schema_violation"
     UNKNOWN_TOPIC = "unknown_topic"
     SCHOOL_MISMATCH = "school_mismatch"
+    UNKNOWN_SCHOOL = "unknown_school"
+    BAD_TIMESTAMP = "bad_timestamp"
     INFLUX_REJECTED = "influx_rejected"
 
 

@@ -65,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level or settings.log_level)
     if args.command == "query":
         return _query(settings, args.influxql, args.format)
-    from collector.service import run_collector  # noqa: PLC0415 - keep --help fast
+    from collector.registry import RegistryError  # noqa: PLC0415 - keep --help fast
+    from collector.service import run_collector  # noqa: PLC0415
 
-    return run_collector(settings)
+    try:
+        return run_collector(settings)
+    except RegistryError as exc:
+        print(f"school-collector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _query(settings: CollectorSettings, influxql: str, fmt: str) -> int:

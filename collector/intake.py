@@ -7,11 +7,21 @@ Every message is either accepted as a contract model or rejected with a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from agent.contract import MESSAGE_MODELS, Envelope, RejectReason, TopicKind, parse_topic
+from agent.contract import (
+    MESSAGE_MODELS,
+    AgentStatus,
+    Envelope,
+    RejectReason,
+    StatusReason,
+    TopicKind,
+    parse_topic,
+)
+from collector.registry import SchoolRegistry
 
 _MAX_DETAIL_ERRORS = 3
 
@@ -23,15 +33,31 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Trust:
+    """What the collector checks beyond the contract: known schools, plausible times."""
+
+    registry: SchoolRegistry | None = None
+    max_future: timedelta = timedelta(minutes=5)
+    max_past: timedelta = timedelta(days=60)
+
+
+@dataclass(frozen=True)
 class Accepted:
     kind: TopicKind
     message: Envelope
 
 
 def decode(  # noqa: PLR0911 - one return per check reads best
-    root: str, topic: str, payload: bytes, max_bytes: int
+    root: str,
+    topic: str,
+    payload: bytes,
+    max_bytes: int,
+    *,
+    trust: Trust | None = None,
+    now: datetime | None = None,
 ) -> Accepted | Rejection:
-    """Check size, topic, encoding, JSON, schema and school identity, in that order."""
+    """Check size, topic, encoding, JSON, schema, school identity and time, in that order."""
+    trust = trust or Trust()
     if len(payload) > max_bytes:
         return Rejection(RejectReason.OVERSIZE, f"{len(payload)} bytes; the limit is {max_bytes}")
     where = parse_topic(root, topic)
@@ -55,6 +81,29 @@ def decode(  # noqa: PLR0911 - one return per check reads best
         return Rejection(
             RejectReason.SCHOOL_MISMATCH,
             f"payload school_id {message.school_id!r} published under school {school_id!r}",
+        )
+    if trust.registry is not None and school_id not in trust.registry:
+        return Rejection(RejectReason.UNKNOWN_SCHOOL, f"school {school_id!r} is not registered")
+    return _check_time(kind, message, trust, now or datetime.now(UTC))
+
+
+def _check_time(
+    kind: TopicKind, message: Envelope, trust: Trust, now: datetime
+) -> Accepted | Rejection:
+    """``measured_at`` within the window; a Last Will's only in the future (it is stored
+    at its arrival: its payload was written when the agent connected, maybe long ago)."""
+    at = message.measured_at
+    if at > now + trust.max_future:
+        ahead = (at - now).total_seconds()
+        return Rejection(
+            RejectReason.BAD_TIMESTAMP,
+            f"measured_at {at.isoformat()} is {ahead:.0f} s in the future; check the agent's clock",
+        )
+    will = isinstance(message, AgentStatus) and message.reason is StatusReason.CONNECTION_LOST
+    if not will and at < now - trust.max_past:
+        return Rejection(
+            RejectReason.BAD_TIMESTAMP,
+            f"measured_at {at.isoformat()} is more than {trust.max_past.days} days old",
         )
     return Accepted(kind, message)
 

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from agent.contract import DeadLetter, DevicesReport, RejectReason
@@ -24,8 +24,9 @@ from collector.counters import Counters
 from collector.device_book import DeviceBook, Numbering
 from collector.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
 from collector.influx.query import InfluxQL, influx_lookup
-from collector.intake import Rejection, decode
+from collector.intake import Rejection, Trust, decode
 from collector.points import PointMaker
+from collector.registry import SchoolRegistry
 from collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,28 @@ class _Batch:
 
 
 class Pipeline:
-    def __init__(self, writer: InfluxWriter, settings: CollectorSettings) -> None:
+    def __init__(
+        self,
+        writer: InfluxWriter,
+        settings: CollectorSettings,
+        registry: SchoolRegistry | None = None,
+    ) -> None:
         self._writer = writer
         self._settings = settings
+        self._trust = Trust(
+            registry,
+            max_future=timedelta(seconds=settings.max_future_s),
+            max_past=timedelta(days=settings.max_past_days),
+        )
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self.counters = Counters()
         self._influxql = InfluxQL(settings.influx)
-        self._points = PointMaker(DeviceBook(influx_lookup(self._influxql)), self._numbered)
+        self._points = PointMaker(
+            DeviceBook(influx_lookup(self._influxql)),
+            self._numbered,
+            region_of=registry.region_of if registry is not None else None,
+        )
 
     # -- called from the MQTT network thread ------------------------------
 
@@ -119,7 +134,9 @@ class Pipeline:
         batch.items.append(item)
         self.counters.add(received=1)
         mqtt = self._settings.mqtt
-        decoded = decode(mqtt.topic_root, item.topic, item.payload, mqtt.max_payload_bytes)
+        decoded = decode(
+            mqtt.topic_root, item.topic, item.payload, mqtt.max_payload_bytes, trust=self._trust
+        )
         if isinstance(decoded, Rejection):
             batch.rejects[index] = decoded
             return

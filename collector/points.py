@@ -75,12 +75,13 @@ class ArrivalClock:
         return first
 
 
-def speed_line(report: SpeedReport) -> str:
+def speed_line(report: SpeedReport, region: str | None = None) -> str:
     server = report.server
     return encode(
         SPEED,
         {
             "school_id": report.school_id,
+            "region": region,
             "agent_id": report.agent_id,
             "result": report.result.value,
             "server_kind": server.kind.value if server else None,
@@ -105,7 +106,7 @@ def speed_line(report: SpeedReport) -> str:
     )
 
 
-def agent_line(status: AgentStatus, at_ns: int) -> str:
+def agent_line(status: AgentStatus, at_ns: int, region: str | None = None) -> str:
     fields: dict[str, FieldValue] = {
         "online": int(status.status is AgentState.ONLINE),
         "reason": status.reason.value,
@@ -145,19 +146,21 @@ def agent_line(status: AgentStatus, at_ns: int) -> str:
         }
     tags = {
         "school_id": status.school_id,
+        "region": region,
         "agent_id": status.agent_id,
         "status": status.status.value,
     }
     return encode(AGENT, tags, fields, at_ns)
 
 
-def device_lines(report: DevicesReport) -> list[str]:
+def device_lines(report: DevicesReport, region: str | None = None) -> list[str]:
     at = ns(report.measured_at)
     return [
         encode(
             DEVICE,
             {
                 "school_id": report.school_id,
+                "region": region,
                 "agent_id": report.agent_id,
                 "device_id": device.device_id,
                 "kind": device.kind.value,
@@ -183,7 +186,9 @@ def device_lines(report: DevicesReport) -> list[str]:
     ]
 
 
-def stale_lines(devices: list[KnownDevice], will: AgentStatus, at_ns: int) -> list[str]:
+def stale_lines(
+    devices: list[KnownDevice], will: AgentStatus, at_ns: int, region: str | None = None
+) -> list[str]:
     """A ``stale`` point for each device of a school whose agent was lost."""
     lost = DeviceResult.AGENT_LOST
     return [
@@ -191,6 +196,7 @@ def stale_lines(devices: list[KnownDevice], will: AgentStatus, at_ns: int) -> li
             DEVICE,
             {
                 "school_id": will.school_id,
+                "region": region,
                 "agent_id": device.agent_id,
                 "device_id": device.device_id,
                 "kind": device.kind,
@@ -231,23 +237,26 @@ class PointMaker:
         self,
         book: DeviceBook | None = None,
         on_numbering: Callable[[DevicesReport, Numbering], None] | None = None,
+        region_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self._wills = ArrivalClock()
+        self._region_of = region_of
         self.book = book or DeviceBook()
         self._on_numbering = on_numbering
 
     def lines(self, message: Envelope, arrived_ns: int) -> list[str]:
+        region = self._region_of(message.school_id) if self._region_of else None
         if isinstance(message, SpeedReport):
-            return [speed_line(message)]
+            return [speed_line(message, region)]
         if isinstance(message, AgentStatus):
             if message.reason is not StatusReason.CONNECTION_LOST:
-                return [agent_line(message, ns(message.measured_at))]
+                return [agent_line(message, ns(message.measured_at), region)]
             at = self._wills.stamp(message.message_id, arrived_ns)
             devices = self.book.devices_of(message.school_id)
-            return [agent_line(message, at), *stale_lines(devices, message, at)]
+            return [agent_line(message, at, region), *stale_lines(devices, message, at, region)]
         if isinstance(message, DevicesReport):
             numbering = self.book.remember(message)
             if self._on_numbering is not None:
                 self._on_numbering(message, numbering)
-            return device_lines(message)
+            return device_lines(message, region)
         raise TypeError(f"no points for {type(message).__name__}")

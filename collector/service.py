@@ -9,6 +9,7 @@ from types import FrameType
 from collector.consumer import Consumer
 from collector.influx import InfluxError, make_writer
 from collector.pipeline import Pipeline
+from collector.registry import SchoolRegistry
 from collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,11 @@ def run_collector(settings: CollectorSettings) -> int:
             writer.ensure_database()
         except InfluxError as exc:
             log.warning("InfluxDB not reachable yet (%s); writes will retry", exc)
-    pipeline = Pipeline(writer, settings)
+    registry = None
+    if settings.registry_file is not None:
+        registry = SchoolRegistry.load(settings.registry_file)
+        log.info("school registry %s: %d schools", settings.registry_file, len(registry))
+    pipeline = Pipeline(writer, settings, registry)
     consumer = Consumer(settings.mqtt, pipeline.submit)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

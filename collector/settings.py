@@ -6,6 +6,7 @@ Every setting is listed, with its default, in the README and in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
@@ -100,3 +101,13 @@ class CollectorSettings(FileSettings):
     mqtt: CollectorMqttSettings = Field(default_factory=CollectorMqttSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    registry_file: Path | None = None
+    max_future_s: float = Field(default=300.0, ge=0, le=86_400)
+    max_past_days: float = Field(default=60.0, gt=0, le=3650)
+
+    @field_validator("registry_file")
+    @classmethod
+    def _registry_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} does not exist; give the school registry CSV")
+        return value

@@ -183,7 +183,7 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
 )
 def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurement: str) -> None:
     writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
-    maker = PointMaker()
+    maker = PointMaker(region_of=lambda _school: "Almaty")
     lines = [line for m in _sample_messages() for line in maker.lines(m, 0)]
     counters = Counters()
     counters.reject(RejectReason.INVALID_JSON)
