@@ -40,6 +40,7 @@ class BrokerSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     ca_file: Path | None = None
+    tls_insecure: bool = False
     keepalive_s: int = Field(default=60, ge=5, le=3600)
     connect_timeout_s: float = Field(default=15.0, gt=0, le=600)
 
@@ -137,6 +138,14 @@ def new_client(
         context = ssl.create_default_context(
             cafile=str(settings.ca_file) if settings.ca_file else None
         )
+        if settings.tls_insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            log.warning(
+                "mqtt.tls_insecure is on: the certificate of broker %s is NOT verified, so "
+                "anyone on the path can pose as the broker; set mqtt.ca_file and turn it off",
+                address,
+            )
         client.tls_set_context(context)
     client.reconnect_delay_set(min_delay=1, max_delay=60)
     return client, address

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -49,6 +50,51 @@ def build_parser() -> argparse.ArgumentParser:
         description="A speed server agents can test against (speedtest.server_url).",
     )
     speed_server.add_arguments(server)
+    provision = commands.add_parser(
+        "provision",
+        help="issue broker accounts and agent bundles for every school in the registry",
+        description="Turn the school registry into Mosquitto's password file and one agent "
+        "bundle per school (agent.toml with school id, broker URL, credentials and CA path; "
+        "ca.pem), secrets with mode 0600. Running it again changes nothing; --rotate issues "
+        "a new password for a school; schools no longer in the registry are revoked.",
+    )
+    provision.add_argument(
+        "--registry",
+        type=Path,
+        required=True,
+        metavar="CSV",
+        help="the school registry (columns school_id, region, name)",
+    )
+    provision.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where to write mosquitto/passwords, collector/ and schools/",
+    )
+    provision.add_argument(
+        "--broker-url",
+        required=True,
+        help="the URL agents use, e.g. mqtts://broker.example.edu.kz:8883",
+    )
+    provision.add_argument(
+        "--ca-file",
+        type=Path,
+        required=True,
+        help="PEM of the CA that signed the broker's certificate",
+    )
+    provision.add_argument(
+        "--bundle-ca-path",
+        default="/etc/school-agent/ca.pem",
+        help="where ca.pem will be on the school's PC (default: %(default)s)",
+    )
+    provision.add_argument(
+        "--rotate",
+        action="append",
+        default=[],
+        metavar="SCHOOL_ID",
+        help="issue a new password for this school (repeatable)",
+    )
     return parser
 
 
@@ -57,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "speed-server":
         setup_logging(args.log_level or "INFO")
         return speed_server.serve(args.host, args.port)
+    if args.command == "provision":
+        return _provision(args)
     try:
         settings = load_settings(CollectorSettings, args.config)
     except ConfigError as exc:
@@ -73,6 +121,36 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"school-collector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from collector.provision import provision  # noqa: PLC0415
+    from collector.registry import RegistryError, SchoolRegistry  # noqa: PLC0415
+
+    if not args.ca_file.is_file():
+        print(f"school-collector: --ca-file {args.ca_file} does not exist", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        registry = SchoolRegistry.load(args.registry)
+        summary = provision(
+            registry,
+            args.out,
+            broker_url=args.broker_url,
+            ca_file=args.ca_file,
+            bundle_ca_path=args.bundle_ca_path,
+            rotate=frozenset(args.rotate),
+        )
+    except (RegistryError, ValueError, OSError) as exc:
+        print(f"school-collector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{len(registry)} schools: {summary}")
+    for school_id in summary.revoked:
+        print(f"revoked: {school_id} (no longer in the registry)")
+    print(
+        f"install {args.out / 'mosquitto' / 'passwords'} as the broker's password_file; "
+        f"give each school its {args.out / 'schools'}/<id>/ bundle"
+    )
+    return 0
 
 
 def _query(settings: CollectorSettings, influxql: str, fmt: str) -> int:

@@ -187,10 +187,14 @@ class Mosquitto:
     to the listener and paths written here.
     """
 
-    def __init__(self, run_dir: Path, port: int, extra_config: str = "") -> None:
+    def __init__(
+        self, run_dir: Path, port: int, extra_config: str = "", *, listeners: str | None = None
+    ) -> None:
+        """``listeners`` replaces the anonymous loopback listener (e.g. TLS and an ACL)."""
         self.run_dir = run_dir
         self.port = port
         self.extra_config = extra_config
+        self.listeners = listeners
         program = find("mosquitto")
         if program is None:
             raise StackError(
@@ -207,10 +211,10 @@ class Mosquitto:
     def write_config(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         user = "user root\n" if os.geteuid() == 0 else ""
+        listeners = self.listeners or f"listener {self.port} 127.0.0.1\nallow_anonymous true"
         (self.run_dir / "mosquitto.conf").write_text(
             f"""# written by deploy/localstack.py
-{user}listener {self.port} 127.0.0.1
-allow_anonymous true
+{user}{listeners}
 persistence_location {self.run_dir}/
 log_dest stdout
 log_type error
