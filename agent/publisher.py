@@ -200,11 +200,12 @@ class Publisher:
             )
 
     def close(self, final_status: AgentStatus | None = None) -> None:
-        """Publish ``final_status`` (best effort), disconnect cleanly, stop the threads."""
+        """Publish ``final_status`` after everything before it (up to ``ack_timeout_s``),
+        disconnect cleanly, stop the threads. What is left stays in the outbox."""
         if final_status is not None and self.connected:
             try:
                 stored = self.publish(final_status, TopicKind.AGENT)
-                self.wait_acked([stored], timeout=min(5.0, self._settings.ack_timeout_s))
+                self.wait_acked([stored], timeout=self._settings.ack_timeout_s)
             except BrokerError as exc:
                 log.warning("could not publish the final status: %s", exc)
         self._closing.set()
