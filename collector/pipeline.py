@@ -80,7 +80,7 @@ class Pipeline:
         self._points = PointMaker(
             DeviceBook(influx_lookup(self._influxql)),
             self._numbered,
-            region_of=registry.region_of if registry is not None else None,
+            place_of=registry.place_of if registry is not None else None,
         )
 
     # -- called from the MQTT network thread ------------------------------

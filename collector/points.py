@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from agent.contract import (
@@ -56,6 +57,17 @@ def text(value: str) -> str:
     return _CONTROL.sub(" ", value)
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a school is, from the registry: tags on every point of that school."""
+
+    region: str | None = None
+    district: str | None = None
+
+
+NOWHERE = Place()
+
+
 class ArrivalClock:
     """When each Last Will first arrived, so a redelivered will keeps its timestamp.
 
@@ -75,13 +87,14 @@ class ArrivalClock:
         return first
 
 
-def speed_line(report: SpeedReport, region: str | None = None) -> str:
+def speed_line(report: SpeedReport, place: Place = NOWHERE) -> str:
     server = report.server
     return encode(
         SPEED,
         {
             "school_id": report.school_id,
-            "region": region,
+            "region": place.region,
+            "district": place.district,
             "agent_id": report.agent_id,
             "result": report.result.value,
             "server_kind": server.kind.value if server else None,
@@ -106,7 +119,7 @@ def speed_line(report: SpeedReport, region: str | None = None) -> str:
     )
 
 
-def agent_line(status: AgentStatus, at_ns: int, region: str | None = None) -> str:
+def agent_line(status: AgentStatus, at_ns: int, place: Place = NOWHERE) -> str:
     fields: dict[str, FieldValue] = {
         "online": int(status.status is AgentState.ONLINE),
         "reason": status.reason.value,
@@ -146,21 +159,23 @@ def agent_line(status: AgentStatus, at_ns: int, region: str | None = None) -> st
         }
     tags = {
         "school_id": status.school_id,
-        "region": region,
+        "region": place.region,
+        "district": place.district,
         "agent_id": status.agent_id,
         "status": status.status.value,
     }
     return encode(AGENT, tags, fields, at_ns)
 
 
-def device_lines(report: DevicesReport, region: str | None = None) -> list[str]:
+def device_lines(report: DevicesReport, place: Place = NOWHERE) -> list[str]:
     at = ns(report.measured_at)
     return [
         encode(
             DEVICE,
             {
                 "school_id": report.school_id,
-                "region": region,
+                "region": place.region,
+                "district": place.district,
                 "agent_id": report.agent_id,
                 "device_id": device.device_id,
                 "kind": device.kind.value,
@@ -187,7 +202,7 @@ def device_lines(report: DevicesReport, region: str | None = None) -> list[str]:
 
 
 def stale_lines(
-    devices: list[KnownDevice], will: AgentStatus, at_ns: int, region: str | None = None
+    devices: list[KnownDevice], will: AgentStatus, at_ns: int, place: Place = NOWHERE
 ) -> list[str]:
     """A ``stale`` point for each device of a school whose agent was lost."""
     lost = DeviceResult.AGENT_LOST
@@ -196,7 +211,8 @@ def stale_lines(
             DEVICE,
             {
                 "school_id": will.school_id,
-                "region": region,
+                "region": place.region,
+                "district": place.district,
                 "agent_id": device.agent_id,
                 "device_id": device.device_id,
                 "kind": device.kind,
@@ -237,26 +253,26 @@ class PointMaker:
         self,
         book: DeviceBook | None = None,
         on_numbering: Callable[[DevicesReport, Numbering], None] | None = None,
-        region_of: Callable[[str], str | None] | None = None,
+        place_of: Callable[[str], Place] | None = None,
     ) -> None:
         self._wills = ArrivalClock()
-        self._region_of = region_of
+        self._place_of = place_of
         self.book = book or DeviceBook()
         self._on_numbering = on_numbering
 
     def lines(self, message: Envelope, arrived_ns: int) -> list[str]:
-        region = self._region_of(message.school_id) if self._region_of else None
+        place = self._place_of(message.school_id) if self._place_of else NOWHERE
         if isinstance(message, SpeedReport):
-            return [speed_line(message, region)]
+            return [speed_line(message, place)]
         if isinstance(message, AgentStatus):
             if message.reason is not StatusReason.CONNECTION_LOST:
-                return [agent_line(message, ns(message.measured_at), region)]
+                return [agent_line(message, ns(message.measured_at), place)]
             at = self._wills.stamp(message.message_id, arrived_ns)
             devices = self.book.devices_of(message.school_id)
-            return [agent_line(message, at, region), *stale_lines(devices, message, at, region)]
+            return [agent_line(message, at, place), *stale_lines(devices, message, at, place)]
         if isinstance(message, DevicesReport):
             numbering = self.book.remember(message)
             if self._on_numbering is not None:
                 self._on_numbering(message, numbering)
-            return device_lines(message, region)
+            return device_lines(message, place)
         raise TypeError(f"no points for {type(message).__name__}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.contract import DeviceKind, is_valid_id
+from collector.points import NOWHERE, Place
 
 _LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 MAX_ERRORS_SHOWN = 20
@@ -124,6 +125,11 @@ class SchoolRegistry:
     def region_of(self, school_id: str) -> str | None:
         school = self._schools.get(school_id)
         return school.region if school else None
+
+    def place_of(self, school_id: str) -> Place:
+        """The region and district tags for a school's points (none if unknown)."""
+        school = self._schools.get(school_id)
+        return Place(school.region, school.district) if school else NOWHERE
 
     def regions(self) -> list[str]:
         return sorted({school.region for school in self._schools.values()})

@@ -32,7 +32,7 @@ from agent.devices.inventory import DeviceConfig
 from agent.settings import AgentSettings
 from collector.counters import Counters
 from collector.influx.v1 import V1Writer
-from collector.points import PointMaker
+from collector.points import Place, PointMaker
 from collector.settings import CollectorSettings, InfluxSettings
 from tests.support.services import REPO, Influx
 
@@ -183,7 +183,7 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
 )
 def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurement: str) -> None:
     writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
-    maker = PointMaker(region_of=lambda _school: "Almaty")
+    maker = PointMaker(place_of=lambda _school: Place("Almaty", "Bostandyk"))
     lines = [line for m in _sample_messages() for line in maker.lines(m, 0)]
     counters = Counters()
     counters.reject(RejectReason.INVALID_JSON)

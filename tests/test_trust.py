@@ -91,7 +91,7 @@ def test_an_old_last_will_is_accepted_it_is_stored_at_its_arrival() -> None:
 def test_points_carry_the_registry_region() -> None:
     accepted = _decode(_speed())
     assert isinstance(accepted, Accepted)
-    line = PointMaker(region_of=REGISTRY.region_of).lines(accepted.message, 0)[0]
+    line = PointMaker(place_of=REGISTRY.place_of).lines(accepted.message, 0)[0]
     assert ",region=Almaty," in line
 
 
