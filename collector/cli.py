@@ -50,6 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="A speed server agents can test against (speedtest.server_url).",
     )
     speed_server.add_arguments(server)
+    registry = commands.add_parser(
+        "registry",
+        parents=[common],
+        help="the national school registry in InfluxDB: import a CSV, show the latest",
+        description="The registry is the denominator of every rollout percentage and the "
+        "source of each point's region and district tags.",
+    )
+    actions = registry.add_subparsers(dest="action", required=True, metavar="ACTION")
+    load = actions.add_parser(
+        "import",
+        parents=[common],
+        help="validate a registry CSV and import it as a whole",
+        description="Check every row (all bad rows are reported with their line numbers; a "
+        "file with errors imports nothing), then write it as the newest registry.",
+    )
+    load.add_argument("file", type=Path, metavar="FILE.csv")
+    actions.add_parser(
+        "show", parents=[common], help="schools per region in the newest imported registry"
+    )
     provision = commands.add_parser(
         "provision",
         help="issue broker accounts and agent bundles for every school in the registry",
@@ -98,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     args = build_parser().parse_args(argv)
     if args.command == "speed-server":
         setup_logging(args.log_level or "INFO")
@@ -113,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level or settings.log_level)
     if args.command == "query":
         return _query(settings, args.influxql, args.format)
+    if args.command == "registry":
+        return _registry(settings, args)
     from collector.registry import RegistryError  # noqa: PLC0415 - keep --help fast
     from collector.service import run_collector  # noqa: PLC0415
 
@@ -121,6 +142,45 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"school-collector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _registry(settings: CollectorSettings, args: argparse.Namespace) -> int:
+    from collections import Counter  # noqa: PLC0415
+
+    from collector.influx import InfluxError, make_writer  # noqa: PLC0415
+    from collector.influx.query import InfluxQL  # noqa: PLC0415
+    from collector.registry import RegistryError, SchoolRegistry  # noqa: PLC0415
+    from collector.registry_store import import_registry, load_registry  # noqa: PLC0415
+
+    try:
+        if args.action == "import":
+            registry = SchoolRegistry.load(args.file)
+            writer = make_writer(settings.influx)
+            if settings.influx.create_database:
+                writer.ensure_database()
+            import_registry(registry, writer, args.file.name)
+            writer.close()
+            print(
+                f"imported {len(registry)} schools in {len(registry.regions())} regions "
+                f"from {args.file} into {settings.influx.database}"
+            )
+            return 0
+        client = InfluxQL(settings.influx)
+        current = load_registry(client)
+        client.close()
+    except RegistryError as exc:
+        print(f"school-collector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except InfluxError as exc:
+        print(f"school-collector: InfluxDB: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if current is None:
+        print("no registry imported yet: school-collector registry import FILE.csv")
+        return EXIT_FAILED
+    regions = Counter(school.region for school in current)
+    print(_table(["region", "schools"], [[r, str(n)] for r, n in sorted(regions.items())]))
+    print(f"{len(current)} schools")
+    return 0
 
 
 def _provision(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -22,10 +23,10 @@ from typing import Protocol
 from agent.contract import DeadLetter, DevicesReport, RejectReason
 from collector.counters import Counters
 from collector.device_book import DeviceBook, Numbering
-from collector.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
+from collector.influx import InfluxError, InfluxRejected, InfluxUnavailable, InfluxWriter
 from collector.influx.query import InfluxQL, influx_lookup
 from collector.intake import Rejection, Trust, decode
-from collector.points import PointMaker
+from collector.points import NOWHERE, Place, PointMaker
 from collector.registry import SchoolRegistry
 from collector.settings import CollectorSettings
 
@@ -65,23 +66,45 @@ class Pipeline:
         writer: InfluxWriter,
         settings: CollectorSettings,
         registry: SchoolRegistry | None = None,
+        registry_loader: Callable[[], SchoolRegistry | None] | None = None,
     ) -> None:
         self._writer = writer
         self._settings = settings
-        self._trust = Trust(
-            registry,
-            max_future=timedelta(seconds=settings.max_future_s),
-            max_past=timedelta(days=settings.max_past_days),
-        )
+        self._registry_loader = registry_loader
+        self._registry = registry
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self.counters = Counters()
         self._influxql = InfluxQL(settings.influx)
         self._points = PointMaker(
-            DeviceBook(influx_lookup(self._influxql)),
-            self._numbered,
-            place_of=registry.place_of if registry is not None else None,
+            DeviceBook(influx_lookup(self._influxql)), self._numbered, place_of=self._place_of
         )
+
+    @property
+    def _trust(self) -> Trust:
+        return Trust(
+            self._registry,
+            max_future=timedelta(seconds=self._settings.max_future_s),
+            max_past=timedelta(days=self._settings.max_past_days),
+        )
+
+    def _place_of(self, school_id: str) -> Place:
+        return self._registry.place_of(school_id) if self._registry is not None else NOWHERE
+
+    def _refresh_registry(self) -> None:
+        """Take the newest imported registry (when it comes from InfluxDB)."""
+        if self._registry_loader is None:
+            return
+        try:
+            fresh = self._registry_loader()
+        except (InfluxError, OSError, KeyError) as exc:
+            log.warning("could not read the school registry from InfluxDB: %s", exc)
+            return
+        if fresh is None:
+            return
+        if self._registry is None or len(fresh) != len(self._registry):
+            log.info("school registry: %d schools in %d regions", len(fresh), len(fresh.regions()))
+        self._registry = fresh
 
     # -- called from the MQTT network thread ------------------------------
 
@@ -97,7 +120,12 @@ class Pipeline:
 
     def run(self, outlet: Outlet) -> None:
         next_stats = time.monotonic() + self._settings.stats_interval_s
+        self._refresh_registry()
+        next_registry = time.monotonic() + self._settings.registry_refresh_s
         while not self._stopping.is_set():
+            if time.monotonic() >= next_registry:
+                self._refresh_registry()
+                next_registry = time.monotonic() + self._settings.registry_refresh_s
             batch = self._collect(outlet)
             if batch.items:
                 self._process(batch, outlet)

@@ -8,8 +8,10 @@ from types import FrameType
 
 from collector.consumer import Consumer
 from collector.influx import InfluxError, make_writer
+from collector.influx.query import InfluxQL
 from collector.pipeline import Pipeline
 from collector.registry import SchoolRegistry
+from collector.registry_store import load_registry
 from collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -23,10 +25,14 @@ def run_collector(settings: CollectorSettings) -> int:
         except InfluxError as exc:
             log.warning("InfluxDB not reachable yet (%s); writes will retry", exc)
     registry = None
+    loader = None
     if settings.registry_file is not None:
         registry = SchoolRegistry.load(settings.registry_file)
         log.info("school registry %s: %d schools", settings.registry_file, len(registry))
-    pipeline = Pipeline(writer, settings, registry)
+    else:
+        reader = InfluxQL(settings.influx)
+        loader = lambda: load_registry(reader)  # noqa: E731 - the newest import, re-read
+    pipeline = Pipeline(writer, settings, registry, registry_loader=loader)
     consumer = Consumer(settings.mqtt, pipeline.submit)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

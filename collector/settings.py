@@ -102,6 +102,7 @@ class CollectorSettings(FileSettings):
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     registry_file: Path | None = None
+    registry_refresh_s: float = Field(default=300.0, ge=1, le=86_400)
     max_future_s: float = Field(default=300.0, ge=0, le=86_400)
     max_past_days: float = Field(default=60.0, gt=0, le=3650)
 

@@ -1,0 +1,110 @@
+"""The school registry in InfluxDB: imported as a whole, read back as the latest import.
+
+``school-collector registry import FILE.csv`` validates the whole file first
+(see :mod:`collector.registry`), then writes one ``school`` point per school,
+all at the same timestamp, and last a ``registry_import`` point that marks the
+import complete. Readers take the newest complete import, so an import that
+fails half-way is never used, and a school left out of a newer file is no
+longer counted.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from agent.contract import DeviceKind
+from collector.influx import InfluxWriter
+from collector.influx.query import InfluxQL
+from collector.line_protocol import encode
+from collector.registry import School, SchoolRegistry
+
+SCHOOL = "school"
+REGISTRY_IMPORT = "registry_import"
+CHUNK = 5000
+
+
+def school_line(school: School, import_id: str, at_ns: int) -> str:
+    fields: dict[str, Any] = {
+        "name": school.name,
+        "latitude": school.latitude,
+        "longitude": school.longitude,
+        "students": school.students,
+        "staff": school.staff,
+        "security_contract": None
+        if school.security_contract is None
+        else int(school.security_contract),
+        "import_id": import_id,
+    }
+    for kind in DeviceKind:
+        fields[f"{kind.value}_installed"] = int(school.has(kind))
+    tags = {
+        "school_id": school.school_id,
+        "region": school.region,
+        "district": school.district,
+        "area": school.area,
+    }
+    return encode(SCHOOL, tags, fields, at_ns)
+
+
+def import_registry(
+    registry: SchoolRegistry, writer: InfluxWriter, source: str, at_ns: int | None = None
+) -> tuple[str, int]:
+    """Write every school, then the completion mark; return (import id, timestamp)."""
+    at = at_ns if at_ns is not None else time.time_ns()
+    import_id = uuid.uuid4().hex
+    lines = [school_line(school, import_id, at) for school in registry]
+    for start in range(0, len(lines), CHUNK):
+        writer.write(lines[start : start + CHUNK])
+    mark = encode(
+        REGISTRY_IMPORT,
+        {},
+        {
+            "schools": len(registry),
+            "regions": len(registry.regions()),
+            "import_id": import_id,
+            "source": source[:200],
+        },
+        at,
+    )
+    writer.write([mark])
+    return import_id, at
+
+
+def latest_import_time(ql: InfluxQL) -> int | None:
+    """The timestamp (ns) of the newest complete import, or None."""
+    found = ql.query('SELECT last("schools") FROM "registry_import"', epoch="ns")
+    if not found or not found[0].values:
+        return None
+    return int(found[0].values[0][0])
+
+
+def load_registry(ql: InfluxQL, at_ns: int | None = None) -> SchoolRegistry | None:
+    """The newest complete import (or the one at ``at_ns``); None when none exists."""
+    when = at_ns if at_ns is not None else latest_import_time(ql)
+    if when is None:
+        return None
+    series = ql.query(
+        f'SELECT * FROM "school" WHERE time >= {int(when)} AND time <= {int(when)}',  # noqa: S608
+        epoch="ns",
+    )
+    schools = [_school(row) for s in series for row in s.rows()]
+    return SchoolRegistry(schools)
+
+
+def _school(row: dict[str, Any]) -> School:
+    contract = row.get("security_contract")
+    return School(
+        school_id=row["school_id"],
+        region=row["region"],
+        name=row.get("name") or "",
+        district=row.get("district") or None,
+        area=row.get("area") or None,
+        latitude=row.get("latitude"),
+        longitude=row.get("longitude"),
+        students=row.get("students"),
+        staff=row.get("staff"),
+        devices=frozenset(kind for kind in DeviceKind if row.get(f"{kind.value}_installed")),
+        security_contract=None if contract is None else bool(contract),
+    )
