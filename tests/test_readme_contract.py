@@ -33,6 +33,8 @@ from agent.settings import AgentSettings
 from collector.counters import Counters
 from collector.influx.v1 import V1Writer
 from collector.points import Place, PointMaker
+from collector.registry import School, SchoolRegistry
+from collector.registry_store import import_registry
 from collector.settings import CollectorSettings, InfluxSettings
 from tests.support.services import REPO, Influx
 
@@ -179,7 +181,8 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
 
 
 @pytest.mark.parametrize(
-    "measurement", ["speed", "agent", "device", "collector", "collector_rejections"]
+    "measurement",
+    ["speed", "agent", "device", "collector", "collector_rejections", "school", "registry_import"],
 )
 def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurement: str) -> None:
     writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
@@ -188,6 +191,11 @@ def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurem
     counters = Counters()
     counters.reject(RejectReason.INVALID_JSON)
     writer.write(lines + counters.lines("c1"))
+    school = School(
+        "KZ-1", "Almaty", "School 1", "Bostandyk", "urban", 43.2, 76.9, 1200, 95,
+        frozenset({DeviceKind.PANIC_BUTTON}), True,
+    )  # fmt: skip
+    import_registry(SchoolRegistry([school]), writer, "schools.csv")
 
     tags = {row["tagKey"] for row in database.rows(f'SHOW TAG KEYS FROM "{measurement}"')}
     fields = {
