@@ -72,17 +72,18 @@ def import_registry(
     return import_id, at
 
 
-def latest_import_time(ql: InfluxQL) -> int | None:
-    """The timestamp (ns) of the newest complete import, or None."""
-    found = ql.query('SELECT last("schools") FROM "registry_import"', epoch="ns")
+def latest_import_time(ql: InfluxQL, before_ns: int | None = None) -> int | None:
+    """The timestamp (ns) of the newest complete import (at or before ``before_ns``)."""
+    bound = f" WHERE time <= {int(before_ns)}" if before_ns is not None else ""
+    found = ql.query(f'SELECT last("schools") FROM "registry_import"{bound}', epoch="ns")  # noqa: S608
     if not found or not found[0].values:
         return None
     return int(found[0].values[0][0])
 
 
-def load_registry(ql: InfluxQL, at_ns: int | None = None) -> SchoolRegistry | None:
-    """The newest complete import (or the one at ``at_ns``); None when none exists."""
-    when = at_ns if at_ns is not None else latest_import_time(ql)
+def load_registry(ql: InfluxQL, before_ns: int | None = None) -> SchoolRegistry | None:
+    """The newest complete import (at or before ``before_ns``); None when there is none."""
+    when = latest_import_time(ql, before_ns)
     if when is None:
         return None
     series = ql.query(

@@ -1,0 +1,195 @@
+"""Rollout percentages: the share of registered schools that meet each national target.
+
+The denominator is always the registry (the newest import at or before the
+moment asked for), never the schools that happen to report. Per metric, the
+numerator comes from one InfluxQL query (``QUERIES``, also in the README), and
+the percentage is numerator / registered schools, nationally and per region.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from agent.contract import DeviceKind
+from collector.influx.query import InfluxQL
+from collector.line_protocol import encode
+from collector.registry import School, SchoolRegistry
+from collector.registry_store import load_registry
+
+ROLLOUT = "rollout"
+NATIONAL = "national"
+SAFETY_KINDS = (DeviceKind.PANIC_BUTTON, DeviceKind.TURNSTILE, DeviceKind.POLICE_LINK)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The thresholds behind the definitions; the collector's ``rollout.*`` settings."""
+
+    threshold_mbps: float = 20.0
+    speed_window_days: float = 30.0
+    reporting_days: float = 7.0
+    live_days: float = 21.0
+    dropped_days: float = 28.0
+    device_fresh_minutes: float = 15.0
+
+
+# metric -> what it counts, for people (README and --help)
+DEFINITIONS: dict[str, str] = {
+    "meets_standard": "30-day average download of successful tests >= the threshold",
+    "meets_standard_latest": "the latest successful test in 30 days >= the threshold",
+    "reporting": "a speed result (any result) in the last 7 days",
+    "live": "the last speed result at most 21 days ago",
+    "at_risk": "the last speed result 21 to 28 days ago",
+    "dropped_off": "the last speed result more than 28 days ago",
+    "never_reported": "no speed result at all",
+    "panic_button_live": "a panic button up now (its latest state in 15 minutes)",
+    "turnstile_live": "a turnstile up now",
+    "police_link_live": "a police-centre link up now",
+    "panic_button_installed": "a panic button installed (registry)",
+    "turnstile_installed": "a turnstile installed (registry)",
+    "police_link_installed": "a police-centre link installed (registry)",
+    "security_contract": "a security-service contract (registry)",
+}
+
+# The InfluxQL behind each measured fact; {since}, {until} are nanosecond times.
+QUERIES: dict[str, str] = {
+    "mean_download": 'SELECT mean("download_mbps") FROM "speed" WHERE "result" = \'success\' '
+    'AND time > {since} AND time <= {until} GROUP BY "school_id"',
+    "latest_download": 'SELECT last("download_mbps") FROM "speed" WHERE "result" = \'success\' '
+    'AND time > {since} AND time <= {until} GROUP BY "school_id"',
+    "last_report": 'SELECT last("result_code") FROM "speed" WHERE time <= {until} '
+    'GROUP BY "school_id"',
+    "devices_up": 'SELECT last("up") FROM "device" WHERE time > {since} AND time <= {until} '
+    'GROUP BY "school_id", "device_id", "kind"',
+}
+
+
+@dataclass
+class Facts:
+    """What InfluxDB says about each school at one moment."""
+
+    mean_download: dict[str, float] = field(default_factory=dict)
+    latest_download: dict[str, float] = field(default_factory=dict)
+    last_report: dict[str, datetime] = field(default_factory=dict)
+    live_kinds: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    region: str  # NATIONAL or a region's name
+    schools: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.schools / self.total if self.total else math.nan
+
+
+def read_facts(ql: InfluxQL, at: datetime, rules: Rules) -> Facts:
+    until = _ns(at)
+    window = _ns(at - timedelta(days=rules.speed_window_days))
+    fresh = _ns(at - timedelta(minutes=rules.device_fresh_minutes))
+    facts = Facts()
+    for series in ql.query(QUERIES["mean_download"].format(since=window, until=until)):
+        facts.mean_download[series.tags["school_id"]] = float(series.values[0][1])
+    for series in ql.query(QUERIES["latest_download"].format(since=window, until=until)):
+        facts.latest_download[series.tags["school_id"]] = float(series.values[0][1])
+    for series in ql.query(QUERIES["last_report"].format(until=until), epoch="ns"):
+        moment = datetime.fromtimestamp(series.values[0][0] / 1e9, UTC)
+        facts.last_report[series.tags["school_id"]] = moment
+    for series in ql.query(QUERIES["devices_up"].format(since=fresh, until=until)):
+        if series.values[0][1] == 1:
+            facts.live_kinds[series.tags["school_id"]].add(series.tags["kind"])
+    return facts
+
+
+def school_metrics(school: School, facts: Facts, at: datetime, rules: Rules) -> set[str]:
+    """The metrics this school counts towards."""
+    sid = school.school_id
+    found: set[str] = set()
+    if facts.mean_download.get(sid, -1.0) >= rules.threshold_mbps:
+        found.add("meets_standard")
+    if facts.latest_download.get(sid, -1.0) >= rules.threshold_mbps:
+        found.add("meets_standard_latest")
+    last = facts.last_report.get(sid)
+    if last is None:
+        found.add("never_reported")
+    else:
+        age = at - last
+        if age <= timedelta(days=rules.reporting_days):
+            found.add("reporting")
+        if age <= timedelta(days=rules.live_days):
+            found.add("live")
+        elif age <= timedelta(days=rules.dropped_days):
+            found.add("at_risk")
+        else:
+            found.add("dropped_off")
+    for kind in SAFETY_KINDS:
+        if kind.value in facts.live_kinds.get(sid, set()):
+            found.add(f"{kind.value}_live")
+        if school.has(kind):
+            found.add(f"{kind.value}_installed")
+    if school.security_contract:
+        found.add("security_contract")
+    return found
+
+
+def compute(registry: SchoolRegistry, facts: Facts, at: datetime, rules: Rules) -> list[Row]:
+    """Every metric, nationally and for every region, in a stable order."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    totals: dict[str, int] = defaultdict(int)
+    for school in registry:
+        totals[NATIONAL] += 1
+        totals[school.region] += 1
+        for metric in school_metrics(school, facts, at, rules):
+            counts[metric, NATIONAL] += 1
+            counts[metric, school.region] += 1
+    regions = [NATIONAL, *registry.regions()]
+    return [
+        Row(metric, region, counts[metric, region], totals[region])
+        for region in regions
+        for metric in DEFINITIONS
+    ]
+
+
+def rollout(
+    ql: InfluxQL, at: datetime | None = None, rules: Rules | None = None
+) -> list[Row] | None:
+    """The percentages at ``at`` (default now); None when no registry was imported by then."""
+    at = at or datetime.now(UTC)
+    rules = rules or Rules()
+    registry = load_registry(ql, before_ns=_ns(at))
+    if registry is None:
+        return None
+    return compute(registry, read_facts(ql, at, rules), at, rules)
+
+
+def rollout_lines(rows: Iterable[Row], at: datetime) -> list[str]:
+    """The ``rollout`` measurement: one point per metric and region."""
+    at_ns = _ns(at)
+    return [
+        encode(
+            ROLLOUT,
+            {
+                "metric": row.metric,
+                "level": "national" if row.region == NATIONAL else "region",
+                "region": None if row.region == NATIONAL else row.region,
+            },
+            {
+                "schools": row.schools,
+                "total": row.total,
+                "percent": None if math.isnan(row.percent) else round(row.percent, 4),
+            },
+            at_ns,
+        )
+        for row in rows
+    ]
+
+
+def _ns(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
