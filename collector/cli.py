@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,40 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser(
         "show", parents=[common], help="schools per region in the newest imported registry"
     )
+    rollout = commands.add_parser(
+        "rollout",
+        parents=[common],
+        help="rollout percentages, national and per region, from InfluxDB",
+        description="The share of registered schools meeting each target (definitions in the "
+        "README, 'Rollout percentages'), computed from InfluxDB as the dashboards show it.",
+    )
+    rollout.add_argument("--region", help="only this region (and the national row)")
+    rollout.add_argument(
+        "--at", type=_moment, metavar="TIME",
+        help="ISO 8601 time to compute for, e.g. 2026-11-01T08:00:00+05:00 (default: now)",
+    )  # fmt: skip
+    rollout.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    simulate = commands.add_parser(
+        "simulate",
+        parents=[common],
+        help="generate a national fleet (registry and history) and send it (demo, load)",
+        description="Generate a registry of schools with realistic rollout, links, device "
+        "failures and agent outages; write the registry CSV; send the fleet's last 30 days "
+        "through the broker (or straight into InfluxDB) and import the registry.",
+    )
+    simulate.add_argument("--schools", type=int, default=7400)
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--tests-per-day", type=float, default=1.0)
+    simulate.add_argument("--registry-out", type=Path, metavar="FILE.csv",
+                          help="also write the registry here")  # fmt: skip
+    simulate.add_argument(
+        "--via", choices=["mqtt", "influx"], default="mqtt",
+        help="mqtt: publish through mqtt.url to the running collector; influx: write points "
+        "directly (fast, no collector needed)",
+    )  # fmt: skip
+    simulate.add_argument("--compression", type=float, default=0.0,
+                          help="with mqtt: simulated seconds per real second (0: as fast as "
+                          "the broker acknowledges)")  # fmt: skip
     provision = commands.add_parser(
         "provision",
         help="issue broker accounts and agent bundles for every school in the registry",
@@ -134,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return _query(settings, args.influxql, args.format)
     if args.command == "registry":
         return _registry(settings, args)
+    if args.command == "rollout":
+        return _rollout(settings, args)
+    if args.command == "simulate":
+        from collector.simulate import run_simulation  # noqa: PLC0415
+
+        return int(run_simulation(settings, args))
     from collector.registry import RegistryError  # noqa: PLC0415 - keep --help fast
     from collector.service import run_collector  # noqa: PLC0415
 
@@ -180,6 +221,53 @@ def _registry(settings: CollectorSettings, args: argparse.Namespace) -> int:
     regions = Counter(school.region for school in current)
     print(_table(["region", "schools"], [[r, str(n)] for r, n in sorted(regions.items())]))
     print(f"{len(current)} schools")
+    return 0
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
+    from collector.influx import InfluxError  # noqa: PLC0415
+    from collector.influx.query import InfluxQL  # noqa: PLC0415
+    from collector.rollout import NATIONAL, rollout  # noqa: PLC0415
+
+    client = InfluxQL(settings.influx)
+    try:
+        rows = rollout(client, args.at, settings.rollout.rules())
+    except InfluxError as exc:
+        print(f"school-collector: InfluxDB: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
+    if rows is None:
+        print("school-collector: no registry imported (by then): "
+              "school-collector registry import FILE.csv", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    if args.region:
+        rows = [r for r in rows if r.region in (NATIONAL, args.region)]
+    records = [
+        {"metric": r.metric, "region": r.region, "schools": r.schools, "total": r.total,
+         "percent": round(r.percent, 2)}
+        for r in rows
+    ]  # fmt: skip
+    if args.format == "json":
+        print(json.dumps(records))
+    elif args.format == "csv":
+        print("metric,region,schools,total,percent")
+        for rec in records:
+            print(f"{rec['metric']},\"{rec['region']}\",{rec['schools']},{rec['total']},"
+                  f"{rec['percent']:.2f}")  # fmt: skip
+    else:
+        columns = ["metric", "region", "schools", "total", "percent"]
+        values = [[str(rec[c]) if c != "percent" else f"{rec[c]:.1f} %" for c in columns]
+                  for rec in records]  # fmt: skip
+        print(_table(columns, values))
     return 0
 
 

@@ -19,22 +19,11 @@ from collector.influx.query import InfluxQL
 from collector.line_protocol import encode
 from collector.registry import School, SchoolRegistry
 from collector.registry_store import load_registry
+from collector.rollout_rules import Rules
 
 ROLLOUT = "rollout"
 NATIONAL = "national"
 SAFETY_KINDS = (DeviceKind.PANIC_BUTTON, DeviceKind.TURNSTILE, DeviceKind.POLICE_LINK)
-
-
-@dataclass(frozen=True)
-class Rules:
-    """The thresholds behind the definitions; the collector's ``rollout.*`` settings."""
-
-    threshold_mbps: float = 20.0
-    speed_window_days: float = 30.0
-    reporting_days: float = 7.0
-    live_days: float = 21.0
-    dropped_days: float = 28.0
-    device_fresh_minutes: float = 15.0
 
 
 # metric -> what it counts, for people (README and --help)

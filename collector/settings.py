@@ -17,6 +17,7 @@ from agent.broker import BrokerSettings
 from agent.config_file import FileSettings
 from agent.contract import DEFAULT_TOPIC_ROOT, MAX_PAYLOAD_BYTES
 from agent.settings import LogLevel, TopicRoot
+from collector.rollout_rules import Rules
 
 ENV_PREFIX = "SCHOOL_COLLECTOR_"
 
@@ -90,6 +91,23 @@ class BatchSettings(BaseModel):
     retry_max_s: float = Field(default=60.0, gt=0, le=3600)
 
 
+class RolloutSettings(BaseModel):
+    """The thresholds of the rollout percentages (README, "Rollout percentages")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(default=300.0, ge=10, le=86_400)
+    threshold_mbps: float = Field(default=20.0, gt=0, le=100_000)
+    speed_window_days: float = Field(default=30.0, gt=0, le=366)
+    reporting_days: float = Field(default=7.0, gt=0, le=366)
+    live_days: float = Field(default=21.0, gt=0, le=366)
+    dropped_days: float = Field(default=28.0, gt=0, le=366)
+    device_fresh_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+
+    def rules(self) -> Rules:
+        return Rules(**self.model_dump(exclude={"interval_s"}))
+
+
 class CollectorSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
@@ -101,6 +119,7 @@ class CollectorSettings(FileSettings):
     mqtt: CollectorMqttSettings = Field(default_factory=CollectorMqttSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     registry_file: Path | None = None
     registry_refresh_s: float = Field(default=300.0, ge=1, le=86_400)
     max_future_s: float = Field(default=300.0, ge=0, le=86_400)

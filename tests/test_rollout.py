@@ -1,0 +1,96 @@
+"""Rollout percentages over a simulated national fleet equal the simulator's own truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from collector.fleet import Fleet, generate, ground_truth, write_direct
+from collector.influx.query import InfluxQL
+from collector.influx.v1 import V1Writer
+from collector.registry import SchoolRegistry
+from collector.rollout import DEFINITIONS, NATIONAL, rollout, rollout_lines
+from collector.settings import InfluxSettings
+from tests.support.services import Influx, command_env
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Fleet:
+    return generate(7400, now=NOW, seed=7, tests_per_day=0.2)
+
+
+@pytest.fixture
+def stored(fleet: Fleet, database: Influx) -> Influx:
+    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
+    write_direct(fleet, writer, registry_at=NOW - timedelta(hours=1))
+    return database
+
+
+def test_the_simulated_registry_looks_like_the_country(fleet: Fleet) -> None:
+    registry: SchoolRegistry = fleet.registry
+    assert len(registry) == 7400
+    assert len(registry.regions()) == 20  # 17 regions and 3 cities
+    truth = ground_truth(fleet, NOW)
+    national = {metric: truth[metric, NATIONAL] for metric in DEFINITIONS}
+    assert national["turnstile_installed"] == pytest.approx(98, abs=0.05)
+    assert national["security_contract"] == pytest.approx(97, abs=0.05)
+    assert national["panic_button_installed"] == pytest.approx(96, abs=0.05)
+    assert national["police_link_installed"] == pytest.approx(81, abs=0.05)
+    monitored = national["live"] + national["at_risk"] + national["dropped_off"]
+    assert monitored == pytest.approx(70, abs=0.05)
+    assert 0 < national["meets_standard"] < monitored  # rural 4G and satellite fall short
+    assert SchoolRegistry.parse(fleet.registry_csv()).regions() == registry.regions()
+
+
+def _cli_rollout(database: Influx, *args: str) -> list[dict[str, Any]]:
+    env = command_env(
+        SCHOOL_COLLECTOR_INFLUX__URL=database.url,
+        SCHOOL_COLLECTOR_INFLUX__DATABASE=database.database,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "rollout", "--format", "json", *args],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )  # fmt: skip
+    return list(json.loads(result.stdout))
+
+
+def test_every_percentage_from_the_cli_equals_the_ground_truth(
+    fleet: Fleet, stored: Influx
+) -> None:
+    truth = ground_truth(fleet, NOW)
+    rows = _cli_rollout(stored, "--at", NOW.isoformat())
+    assert len(rows) == len(DEFINITIONS) * 21  # national and 20 regions
+    for row in rows:
+        expected = truth[row["metric"], row["region"]]
+        assert row["percent"] == pytest.approx(expected, abs=0.1), (row, expected)
+    regional = _cli_rollout(stored, "--at", NOW.isoformat(), "--region", "Turkistan")
+    assert {row["region"] for row in regional} == {NATIONAL, "Turkistan"}
+
+
+def test_the_rollout_measurement_agrees(fleet: Fleet, stored: Influx) -> None:
+    client = InfluxQL(InfluxSettings(url=stored.url, database=stored.database))
+    rows = rollout(client, NOW)
+    assert rows is not None
+    V1Writer(InfluxSettings(url=stored.url, database=stored.database)).write(
+        rollout_lines(rows, NOW)
+    )
+    truth = ground_truth(fleet, NOW)
+    found = stored.client.query(
+        'SELECT last("percent") FROM "rollout" GROUP BY "metric", "level", "region"'
+    )
+    assert len(found) == len(rows)
+    for series in found:
+        region = series.tags["region"] or NATIONAL
+        assert series.values[0][1] == pytest.approx(truth[series.tags["metric"], region], abs=0.1)
+
+
+def test_before_any_registry_there_is_no_percentage(database: Influx) -> None:
+    client = InfluxQL(InfluxSettings(url=database.url, database=database.database))
+    assert rollout(client, NOW) is None
