@@ -12,6 +12,7 @@ from collector.influx.query import InfluxQL
 from collector.pipeline import Pipeline
 from collector.registry import SchoolRegistry
 from collector.registry_store import load_registry
+from collector.rollup import Rollup
 from collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,13 @@ def run_collector(settings: CollectorSettings) -> int:
         settings.mqtt.topic_root,
         writer,
     )
+    rollup = Rollup(settings, make_writer(settings.influx))
     consumer.start()
+    rollup.start()
     try:
         pipeline.run(consumer)
     finally:
+        rollup.stop()
         consumer.close()
         writer.close()
     return 0

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from collector.influx.v1 import V1Writer
 from collector.registry import SchoolRegistry
 from collector.rollout import DEFINITIONS, NATIONAL, rollout, rollout_lines
 from collector.settings import InfluxSettings
-from tests.support.services import Influx, command_env
+from tests.conftest import start_collector
+from tests.support.services import Influx, collector_process, command_env, wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -94,3 +96,27 @@ def test_the_rollout_measurement_agrees(fleet: Fleet, stored: Influx) -> None:
 def test_before_any_registry_there_is_no_percentage(database: Influx) -> None:
     client = InfluxQL(InfluxSettings(url=database.url, database=database.database))
     assert rollout(client, NOW) is None
+
+
+def test_the_collector_writes_the_rollout_every_interval(
+    fleet: Fleet, stored: Influx, collector_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = command_env(**collector_env) | {"SCHOOL_COLLECTOR_ROLLOUT__INTERVAL_S": "10"}
+    collector = start_collector(collector_process(tmp_path, env))
+    try:
+        found = wait_for(
+            lambda: stored.client.query(
+                'SELECT last("percent") FROM "rollout" WHERE "level" = \'national\' '
+                'GROUP BY "metric"',
+                epoch="ns",
+            ),
+            timeout=60,
+            what="the collector's first rollup",
+        )
+    finally:
+        collector.stop()
+    assert {series.tags["metric"] for series in found} == set(DEFINITIONS)
+    at = datetime.fromtimestamp(found[0].values[0][0] / 1e9, UTC)
+    truth = ground_truth(fleet, at)  # the truth at the rollup's own moment
+    for series in found:
+        assert series.values[0][1] == pytest.approx(truth[series.tags["metric"], NATIONAL], abs=0.1)
