@@ -37,6 +37,7 @@ from agent.contract import (
     DeviceState,
     Envelope,
     HostHealth,
+    OutboxCounts,
     SpeedMeasurement,
     SpeedReport,
     SpeedResult,
@@ -322,6 +323,8 @@ def _status(sid: str, agent_id: str, moment: datetime, *, lost: bool) -> AgentSt
         disk_percent=35.0, disk_free_bytes=20_000_000_000, uptime_s=86_400,
     )  # fmt: skip
     return AgentStatus(
+        outbox=OutboxCounts(messages=0, bytes=0, oldest_age_s=0.0, dropped=0),
+        data_used_month_bytes=int(moment.day * 40e6),
         message_id=_message_id(sid, "status", moment),
         school_id=sid,
         agent_id=agent_id,

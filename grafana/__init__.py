@@ -1,0 +1,1 @@
+"""Grafana: dashboards as code, provisioning and alert rules (see grafana/README.md)."""
