@@ -79,6 +79,7 @@ ROLLOUT_TARGETS = {
     DeviceKind.POLICE_LINK: 0.81,
 }
 CONTRACT_SHARE = 0.97
+HISTORY_DAYS = 55  # no result older than this: the collector refuses beyond 60 days
 MONITORED_SHARE = 0.70  # schools running an agent ("Daily Check": more than 70 %)
 # Among monitored schools: live, at risk (last report 21-28 days ago), dropped off.
 OUTAGE_SHARES = (0.92, 0.04, 0.04)
@@ -206,9 +207,11 @@ def _history(
     typical = rng.uniform(low, high)
     tests = max(1, round(days * tests_per_day))
     span = timedelta(days=days)
+    oldest = now - timedelta(days=HISTORY_DAYS)
     for _ in range(tests - 1):
         moment = last - span * rng.random()
-        record.downloads.append((moment, _download(rng, typical)))
+        if moment > oldest:  # older results would be past the collector's max_past_days
+            record.downloads.append((moment, _download(rng, typical)))
     record.downloads.append((last, _download(rng, typical)))
     record.downloads.sort(key=lambda item: item[0])
     if last < now - timedelta(days=1):

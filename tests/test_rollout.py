@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from localstack import Process
 
-from collector.fleet import Fleet, generate, ground_truth, write_direct
+from collector.fleet import Fleet, generate, ground_truth, messages, write_direct
 from collector.influx.query import InfluxQL
 from collector.influx.v1 import V1Writer
 from collector.registry import SchoolRegistry
@@ -120,3 +121,22 @@ def test_the_collector_writes_the_rollout_every_interval(
     truth = ground_truth(fleet, at)  # the truth at the rollup's own moment
     for series in found:
         assert series.values[0][1] == pytest.approx(truth[series.tags["metric"], NATIONAL], abs=0.1)
+
+
+def test_the_simulator_publishes_through_the_broker_and_collector(
+    collector: Process, collector_env: dict[str, str], database: Influx, tmp_path: Path
+) -> None:
+    registry_csv = tmp_path / "schools.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "simulate", "--schools", "60", "--seed", "3",
+         "--tests-per-day", "0.5", "--via", "mqtt", "--registry-out", str(registry_csv)],
+        capture_output=True, text=True, env=command_env(**collector_env), timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = generate(60, now=NOW, seed=3, tests_per_day=0.5)
+    speeds = sum(len(record.downloads) for record in expected.records)
+    wait_for(lambda: database.count("speed") >= speeds, timeout=120, what=f"{speeds} points")
+    assert database.count("speed") == speeds
+    assert len(SchoolRegistry.load(registry_csv)) == 60
+    assert f"{sum(1 for _ in messages(expected))} messages published" in result.stdout
