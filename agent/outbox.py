@@ -95,6 +95,22 @@ class Outbox:
             ).fetchall()
         return [Stored(r[0], r[1], bytes(r[2]), bool(r[3]), r[4]) for r in rows]
 
+    def get(self, ids: Iterable[int]) -> list[Stored]:
+        """The messages with these ids that are still stored, oldest first."""
+        wanted = sorted(set(ids))
+        found: list[Stored] = []
+        with self._lock:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    "SELECT id, topic, payload, retain, stored_at FROM outbox "  # noqa: S608
+                    f"WHERE id IN ({marks}) ORDER BY id",
+                    chunk,
+                ).fetchall()
+                found += [Stored(r[0], r[1], bytes(r[2]), bool(r[3]), r[4]) for r in rows]
+        return found
+
     def remove(self, ids: Iterable[int]) -> int:
         """Forget acknowledged messages; return how many were still stored."""
         wanted = list(ids)

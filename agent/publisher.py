@@ -266,10 +266,8 @@ class Publisher:
         if not stale:
             return
         log.info("no acknowledgement for %d message(s); sending them again", len(stale))
-        wanted = set(stale.values())
-        for message in self.outbox.after(min(wanted) - 1, len(wanted) + 1000):
-            if message.id in wanted:
-                self._send(message.id, message.topic, message.payload, message.retain)
+        for message in self.outbox.get(stale.values()):
+            self._send(message.id, message.topic, message.payload, message.retain)
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
         now = time.monotonic()

@@ -21,6 +21,7 @@ def test_messages_come_back_in_order_until_removed(tmp_path: Path) -> None:
     assert [m.topic for m in box.after(first[-1].id, 10)] == ["t/3", "t/4"]
     assert box.remove([ids[0], ids[1], 99_999]) == 2
     assert [m.payload for m in box.after(0, 10)] == [b"m2", b"m3", b"m4"]
+    assert [m.payload for m in box.get([ids[4], ids[0], ids[2]])] == [b"m2", b"m4"]
     stats = box.stats()
     assert (stats.messages, stats.bytes, stats.dropped) == (3, 6, 0)
 
