@@ -47,7 +47,7 @@ from collector.influx import InfluxWriter
 from collector.points import PointMaker, ns
 from collector.registry import COLUMNS, School, SchoolRegistry
 from collector.registry_store import import_registry
-from collector.rollout import DEFINITIONS, NATIONAL, SAFETY_KINDS
+from collector.rollout import DEFINITIONS, EPSILON, NATIONAL, SAFETY_KINDS
 from collector.rollout_rules import Rules
 
 # name, share of the country's schools, share urban, latitude, longitude
@@ -368,9 +368,9 @@ def _truths(record: SchoolRecord, at: datetime, rules: Rules) -> set[str]:
     found: set[str] = set()
     window = at - timedelta(days=rules.speed_window_days)
     good = [(t, d) for t, d in record.downloads if d is not None and window < t <= at]
-    if good and sum(d for _, d in good) / len(good) >= rules.threshold_mbps:
+    if good and sum(d for _, d in good) / len(good) >= rules.threshold_mbps - EPSILON:
         found.add("meets_standard")
-    if good and max(good)[1] >= rules.threshold_mbps:
+    if good and max(good)[1] >= rules.threshold_mbps - EPSILON:
         found.add("meets_standard_latest")
     reports = [t for t, _ in record.downloads if t <= at]
     if not reports:

@@ -24,6 +24,9 @@ from agent.contract import (
 from collector.registry import SchoolRegistry
 
 _MAX_DETAIL_ERRORS = 3
+# Fields with a default in the models that a payload must still carry: a missing
+# message_id or measured_at filled in here would differ on every redelivery.
+WIRE_REQUIRED = ("schema_version", "message_id", "measured_at")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ def decode(  # noqa: PLR0911 - one return per check reads best
         return _describe(exc)
     except RecursionError:
         return Rejection(RejectReason.INVALID_JSON, "JSON nested too deeply")
+    absent = [name for name in WIRE_REQUIRED if name not in message.model_fields_set]
+    if absent:  # defaults are for building messages, not for filling in what a sender left out
+        return Rejection(RejectReason.SCHEMA_VIOLATION, f"missing fields: {', '.join(absent)}")
     if message.school_id != school_id:
         return Rejection(
             RejectReason.SCHOOL_MISMATCH,

@@ -22,6 +22,9 @@ from collector.registry_store import load_registry
 from collector.rollout_rules import Rules
 
 ROLLOUT = "rollout"
+# A mean of exactly the threshold (19.5 and 20.5) may come back from InfluxDB as
+# 19.999999999999996: it meets the standard.
+EPSILON = 1e-6
 NATIONAL = "national"
 SAFETY_KINDS = (DeviceKind.PANIC_BUTTON, DeviceKind.TURNSTILE, DeviceKind.POLICE_LINK)
 
@@ -101,9 +104,9 @@ def school_metrics(school: School, facts: Facts, at: datetime, rules: Rules) -> 
     """The metrics this school counts towards."""
     sid = school.school_id
     found: set[str] = set()
-    if facts.mean_download.get(sid, -1.0) >= rules.threshold_mbps:
+    if facts.mean_download.get(sid, -1.0) >= rules.threshold_mbps - EPSILON:
         found.add("meets_standard")
-    if facts.latest_download.get(sid, -1.0) >= rules.threshold_mbps:
+    if facts.latest_download.get(sid, -1.0) >= rules.threshold_mbps - EPSILON:
         found.add("meets_standard_latest")
     last = facts.last_report.get(sid)
     if last is None:

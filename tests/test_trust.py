@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -119,3 +120,14 @@ def test_a_bad_registry_names_the_line(tmp_path: Path, text: str, message: str) 
     path.write_text(text)
     with pytest.raises(RegistryError, match=message):
         SchoolRegistry.load(path)
+
+
+@pytest.mark.parametrize("field", ["message_id", "measured_at", "schema_version"])
+def test_a_payload_must_carry_its_own_id_time_and_version(field: str) -> None:
+    """A default filled in here would differ on a redelivery: a duplicate point."""
+    document = json.loads(_speed())
+    del document[field]
+    result = _decode(json.dumps(document).encode())
+    assert _reason(result) is RejectReason.SCHEMA_VIOLATION
+    assert isinstance(result, Rejection)
+    assert result.detail == f"missing fields: {field}"
