@@ -34,6 +34,7 @@ class Rollup:
         self._stopping.set()
         self._thread.join(timeout=30)
         self._client.close()
+        self._writer.close()
 
     def once(self, at: datetime | None = None) -> int:
         """Compute and write the percentages for ``at``; return the points written."""

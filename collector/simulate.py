@@ -10,10 +10,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
-from agent.broker import BrokerAddress
+from agent.broker import new_client
 from agent.contract import MESSAGE_MODELS, TopicKind, topic_for
 from collector.fleet import Fleet, generate, messages, write_direct
 from collector.influx import InfluxError, make_writer
@@ -56,13 +53,7 @@ def run_simulation(settings: CollectorSettings, args: argparse.Namespace) -> int
 
 def publish(fleet: Fleet, settings: CollectorSettings, compression: float) -> int:
     """Publish the fleet's messages in time order, QoS 1, with at most 200 unacknowledged."""
-    address = BrokerAddress.parse(settings.mqtt.url or "mqtt://localhost:1883")
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"fleet-{uuid.uuid4().hex[:8]}",
-        protocol=paho.MQTTv5,
-    )  # fmt: skip
-    if address.username is not None:
-        client.username_pw_set(address.username, address.password)
+    client, address = new_client(f"fleet-{uuid.uuid4().hex[:8]}", settings.mqtt)
     window = threading.Semaphore(200)
     client.on_publish = lambda *_: window.release()
     client.connect(address.host, address.port)
