@@ -39,6 +39,7 @@ from agent.schedule import SpeedSchedule
 from agent.settings import AgentSettings
 from agent.speed.progress import Progress
 from agent.speed.runner import SpeedTester
+from agent.watchdog import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Agent:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         settings.require_for_run()
         assert settings.school_id is not None  # noqa: S101 - checked by require_for_run
@@ -112,6 +114,7 @@ class Agent:
         )
         self.heartbeats = HeartbeatDesk(settings.devices, self.devices.heartbeat)
         self._listeners: list[HeartbeatEndpoint | HeartbeatSubscriber] = []
+        self.notifier = notifier or Notifier()
         self._stopping = threading.Event()
         self._wanted = threading.Event()  # a manual test was asked for
         self._wake = threading.Event()
@@ -169,7 +172,9 @@ class Agent:
             _local(next_test, self.settings),
         )
         reason = StatusReason.STARTED
+        self.notifier.ready(f"school {self.school_id}, broker {self.publisher.address}")
         while not self._stopping.is_set():
+            self.notifier.watchdog()  # from this loop only: if it hangs, systemd restarts us
             now = self.clock.now()
             if now >= next_status:
                 self._unattended(self._publish_status, reason)
@@ -187,8 +192,12 @@ class Agent:
                 log.info("next speed test at %s", _local(next_test, self.settings))
             self._unattended(self._log_broker_answers)
             until = min(next_status, next_test)
-            if self.clock.wait((until - self.clock.now()).total_seconds(), self._wake):
+            pause = (until - self.clock.now()).total_seconds()
+            if (ping := self.notifier.ping_interval_s()) is not None:
+                pause = min(pause, ping)
+            if self.clock.wait(pause, self._wake):
                 self._wake.clear()
+        self.notifier.stopping()
         self._stop_devices()
         self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
         log.info("agent stopped")
