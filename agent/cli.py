@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "but not checked. Exit 0 when every checked device is up, 1 otherwise.",
     )
     devices.add_argument("--json", action="store_true", help="print one JSON object per device")
+    commands.add_parser(
+        "doctor",
+        parents=[common],
+        help="check this installation: config, clock, disk, DNS, broker, speed server, devices",
+        description="Check everything the agent needs and print a PASS/WARN/FAIL list with what "
+        "to do for each failure. Exit 0 when nothing failed, 1 otherwise.",
+    )
     return parser
 
 
@@ -87,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level or settings.log_level)
     if args.command == "speedtest":
         return _speedtest(settings, as_json=args.json, ignore_budget=args.ignore_budget)
+    if args.command == "doctor":
+        from agent.doctor import Verdict, diagnose  # noqa: PLC0415 - keeps --help light
+
+        findings = diagnose(settings)
+        for finding in findings:
+            print(finding)
+        failed = sum(f.verdict is Verdict.FAIL for f in findings)
+        print(f"{failed} check(s) failed" if failed else "all checks passed")
+        return EXIT_TEST_FAILED if failed else 0
     if args.command == "devices":
         try:
             return check_devices(settings, as_json=args.json)

@@ -1,0 +1,174 @@
+"""``school-agent doctor``: is this installation able to do its job? A pass/fail list.
+
+Each check says what it found and, when it fails, what to do. The exit code
+is 0 when nothing failed (warnings allowed), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from agent.broker import BrokerError, ConnectionWatch, connect, new_client
+from agent.config_file import ConfigError
+from agent.contract import DeviceState
+from agent.devices.inventory import CheckKind
+from agent.devices.monitor import DeviceMonitor
+from agent.devices.probes import IcmpUnavailable, icmp_privileged
+from agent.settings import AgentSettings
+from agent.speed.endpoint import Endpoint, SpeedTestFailed
+from agent.speed.latency import measure_latency
+
+MB = 1_000_000
+
+
+class Verdict(StrEnum):
+    PASS = "PASS"  # noqa: S105 - a verdict, not a password
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class Finding:
+    verdict: Verdict
+    check: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.verdict.value}  {self.check:<14} {self.detail}"
+
+
+def diagnose(settings: AgentSettings) -> list[Finding]:
+    findings = [_config(settings), _clock(), _disk(settings)]
+    if settings.mqtt.url is not None:
+        dns = _dns(settings.mqtt.address().host)
+        findings.append(dns)
+        if dns.verdict is Verdict.PASS:
+            findings.append(_broker(settings))
+    findings += _speed_servers(settings)
+    findings += _devices(settings)
+    return findings
+
+
+def _config(settings: AgentSettings) -> Finding:
+    try:
+        settings.require_for_run()
+    except ConfigError as exc:
+        return Finding(Verdict.FAIL, "config", f"{exc}".replace("\n", " "))
+    return Finding(Verdict.PASS, "config", f"school {settings.school_id}")
+
+
+def _clock(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> Finding:
+    try:
+        answer = run(
+            ["timedatectl", "show", "--property=NTPSynchronized", "--value"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        answer = None
+    if answer is None or answer.returncode != 0:
+        if Path("/run/systemd/timesync/synchronized").exists():
+            return Finding(Verdict.PASS, "clock", "synchronised (systemd-timesyncd)")
+        return Finding(
+            Verdict.WARN, "clock",
+            "cannot tell whether the clock is synchronised; results carry its time, so "
+            "make sure NTP runs (timedatectl set-ntp true)",
+        )  # fmt: skip
+    if answer.stdout.strip() == "yes":
+        return Finding(Verdict.PASS, "clock", "synchronised (NTP)")
+    return Finding(
+        Verdict.FAIL, "clock",
+        "not synchronised: the collector refuses times more than 5 minutes ahead; "
+        "run: timedatectl set-ntp true",
+    )  # fmt: skip
+
+
+def _disk(settings: AgentSettings) -> Finding:
+    directory = settings.state_dir
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    free = shutil.disk_usage(directory).free
+    need = int(settings.outbox.max_mb * MB * 2)
+    text = f"{free / MB:.0f} MB free for {settings.state_dir} (the outbox needs up to "
+    text += f"{settings.outbox.max_mb:g} MB)"
+    if free < need:
+        return Finding(Verdict.FAIL, "disk", text + "; free some space or lower outbox.max_mb")
+    return Finding(Verdict.PASS, "disk", text)
+
+
+def _dns(host: str) -> Finding:
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError as exc:
+        return Finding(
+            Verdict.FAIL, "dns",
+            f"cannot resolve the broker {host}: {exc}; check the network and /etc/resolv.conf",
+        )  # fmt: skip
+    return Finding(Verdict.PASS, "dns", f"{host} is {', '.join(sorted(addresses))}")
+
+
+def _broker(settings: AgentSettings) -> Finding:
+    client, address = new_client("school-agent-doctor", settings.mqtt)
+    watch = ConnectionWatch(client, address)
+    try:
+        connect(client, address, keepalive=settings.mqtt.keepalive_s)
+        client.loop_start()
+        watch.wait(settings.mqtt.connect_timeout_s)
+    except BrokerError as exc:
+        return Finding(Verdict.FAIL, "broker", str(exc))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return Finding(Verdict.PASS, "broker", f"{address} accepted this school's credentials")
+
+
+def _speed_servers(settings: AgentSettings) -> list[Finding]:
+    urls = settings.speedtest.self_hosted_urls()
+    if not urls:
+        return [Finding(Verdict.PASS, "speed server", "Ookla's servers (chosen at each test)")]
+    found = []
+    for url in urls:
+        try:
+            latency = measure_latency(
+                Endpoint(f"{url.rstrip('/')}/speedtest/upload.php"),
+                count=3,
+                timeout_s=settings.speedtest.timeout_s,
+            )
+        except SpeedTestFailed as exc:
+            found.append(Finding(Verdict.FAIL, "speed server", f"{url}: {exc}; check the URL"))
+            continue
+        found.append(Finding(Verdict.PASS, "speed server", f"{url}: {latency.median_ms:.1f} ms"))
+    return found
+
+
+def _devices(settings: AgentSettings) -> list[Finding]:
+    if not settings.devices:
+        return []
+    privileged = False
+    if any(device.check is CheckKind.ICMP for device in settings.devices):
+        try:
+            privileged = icmp_privileged()
+        except IcmpUnavailable as exc:
+            return [Finding(Verdict.FAIL, "devices", str(exc))]
+    monitor = DeviceMonitor(settings.devices, on_report=lambda *_: None, privileged_icmp=privileged)
+    found = []
+    for device, seen in zip(settings.devices, monitor.check_once(), strict=True):
+        name = f"device {device.id}"
+        if not device.active:
+            found.append(Finding(Verdict.PASS, name, "reports heartbeats (not checked here)"))
+        elif seen.state is DeviceState.UP:
+            found.append(Finding(Verdict.PASS, name, f"{device.target()}: {seen.response_ms} ms"))
+        else:
+            found.append(
+                Finding(
+                    Verdict.FAIL, name,
+                    f"{device.target()}: {seen.result} ({seen.detail}); check that it is on "
+                    "and reachable from this machine, and its address in the config",
+                )
+            )  # fmt: skip
+    return found
