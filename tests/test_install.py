@@ -63,6 +63,8 @@ def test_install_upgrade_and_uninstall(root: Path, tmp_path: Path) -> None:
     agent = root / "opt" / "school-agent" / "bin" / "school-agent"
     version = subprocess.run([str(agent), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("school-agent ")
+    link = root / "usr" / "local" / "bin" / "school-agent"
+    assert link.readlink() == Path("/opt/school-agent/bin/school-agent")  # on the PATH
     config = root / "etc" / "school-agent" / "agent.toml"
     assert config.read_text() == BUNDLE_TOML
     assert (_mode(config), config.stat().st_uid, config.stat().st_gid) == ("0o640", 0, gid)
@@ -91,6 +93,7 @@ def test_install_upgrade_and_uninstall(root: Path, tmp_path: Path) -> None:
     assert removed.returncode == 0, removed.stderr
     assert not (root / "opt" / "school-agent").exists()
     assert not unit.exists()
+    assert not link.is_symlink()
     assert config.exists()  # the credentials stay
     assert (state / "outbox.db").exists()  # and the data
 

@@ -59,7 +59,7 @@ if [ "$action" = uninstall ]; then
         systemctl disable --now school-agent.service 2>/dev/null || true
     fi
     step "removing the program and the unit"
-    rm -rf "$venv" "$unit" "$dropins"
+    rm -rf "$venv" "$unit" "$dropins" "$prefix/usr/local/bin/school-agent"
     [ "$live_systemd" -eq 1 ] && systemctl daemon-reload
     if [ "$purge" -eq 1 ]; then
         step "removing the config, the data (outbox) and the user"
@@ -98,6 +98,8 @@ step "the agent in $venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade "$source_dir"
 "$venv/bin/school-agent" --version
+install -d "$prefix/usr/local/bin"
+ln -sfn /opt/school-agent/bin/school-agent "$prefix/usr/local/bin/school-agent"
 
 step "configuration in $etc"
 install -d -m 0750 -o 0 -g "$gid" "$etc"
