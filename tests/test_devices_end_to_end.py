@@ -32,6 +32,12 @@ FAST: dict[str, Any] = {
 }
 
 
+def _gate(device: TcpDevice) -> dict[str, Any]:
+    """The turnstile at the gate, checked over TCP."""
+    return {"id": "gate", "kind": "turnstile", "label": "Gate", "check": "tcp",
+            "address": device.address}  # fmt: skip
+
+
 def _far_window() -> str:
     """A speed-test window half a day away: no speed test runs during the test."""
     hour = (datetime.now(UTC) + timedelta(hours=12)).hour
@@ -111,14 +117,7 @@ def test_every_state_transition_reaches_influxdb(
     slow = HttpDevice()
     slow.delay_s = 30  # never answers within its timeout
     devices = [
-        {
-            "id": "gate",
-            "kind": "turnstile",
-            "label": "Gate",
-            "check": "tcp",
-            "address": gate.address,
-        }
-        | FAST,
+        _gate(gate) | FAST,
         {
             "id": "flappy",
             "kind": "police_link",
@@ -214,18 +213,7 @@ def test_reports_are_numbered_without_gaps(
 ) -> None:
     gate = TcpDevice()
     try:
-        start_agent(
-            [
-                {
-                    "id": "gate",
-                    "kind": "turnstile",
-                    "label": "Gate",
-                    "check": "tcp",
-                    "address": gate.address,
-                }
-                | FAST
-            ]
-        )
+        start_agent([_gate(gate) | FAST])
         _wait_state(database, school_id, "gate", "up", timeout=30)
         gate.stop()
         _wait_state(database, school_id, "gate", "down", timeout=30)
@@ -259,14 +247,7 @@ def test_a_lost_agent_makes_its_devices_stale_not_down_until_it_returns(
 ) -> None:
     gate = TcpDevice()
     devices = [
-        {
-            "id": "gate",
-            "kind": "turnstile",
-            "label": "Gate",
-            "check": "tcp",
-            "address": gate.address,
-        }
-        | FAST,
+        _gate(gate) | FAST,
         {
             "id": "panel",
             "kind": "panic_button",
@@ -352,13 +333,7 @@ def test_run_once_checks_devices_until_decided_and_stores_them(
     gate = TcpDevice()
     refused = f"127.0.0.1:{free_port()}"
     devices = [
-        {
-            "id": "gate",
-            "kind": "turnstile",
-            "label": "Gate",
-            "check": "tcp",
-            "address": gate.address,
-        },
+        _gate(gate),
         {
             "id": "panic-1",
             "kind": "panic_button",
@@ -393,13 +368,7 @@ def test_run_once_checks_devices_until_decided_and_stores_them(
 def test_the_devices_command_prints_a_table_and_fails_when_one_is_not_up() -> None:
     gate = TcpDevice()
     devices = [
-        {
-            "id": "gate",
-            "kind": "turnstile",
-            "label": "Gate",
-            "check": "tcp",
-            "address": gate.address,
-        },
+        _gate(gate),
         {
             "id": "police",
             "kind": "police_link",
