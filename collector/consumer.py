@@ -109,16 +109,22 @@ class Consumer:
         # retainHandling=1: retained statuses only when the subscription is new,
         # not again on every reconnect of a persistent session.
         options = SubscribeOptions(qos=1, retainHandling=1)
-        client.subscribe(subscription_for(self._settings.topic_root), options=options)
+        client.subscribe(self._subscription(), options=options)
 
     def _on_subscribe(
         self, _c: paho.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any
     ) -> None:
-        topic = subscription_for(self._settings.topic_root)
+        topic = self._subscription()
         if any(reason.is_failure for reason in reasons):
             log.error("broker refused the subscription to %s: %s", topic, reasons[0])
         else:
             log.info("subscribed to %s with QoS %s", topic, reasons[0].value)
+
+    def _subscription(self) -> str:
+        """Every school's topics; with ``share_group``, shared among the group's collectors."""
+        topics = subscription_for(self._settings.topic_root)
+        group = self._settings.share_group
+        return f"$share/{group}/{topics}" if group else topics
 
     def _chain_disconnect(self, inner: Any) -> Any:
         def on_disconnect(*args: Any) -> None:

@@ -30,6 +30,7 @@ class CollectorMqttSettings(BrokerSettings):
     session_expiry_s: int = Field(default=7 * 86_400, ge=0, le=2**32 - 1)
     receive_maximum: int = Field(default=1000, ge=1, le=65_535)
     max_payload_bytes: int = Field(default=MAX_PAYLOAD_BYTES, ge=1024, le=16 * 1024 * 1024)
+    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
     @field_validator("dead_letter_topic")
     @classmethod

@@ -37,6 +37,7 @@ class Stack:
     database: Influx
     collector: Process
     root: str
+    collector_env: dict[str, str]
     agents: dict[str, Process] = field(default_factory=dict)
 
     def start_agent(self, school_id: str) -> Process:
@@ -84,7 +85,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         SCHOOL_COLLECTOR_BATCH__RETRY_MAX_S="1",
     )
     collector = start_collector(collector_process(tmp_path, env))
-    stack = Stack(tmp_path, broker, influxdb, database, collector, root)
+    stack = Stack(tmp_path, broker, influxdb, database, collector, root, env)
     yield stack
     for process in stack.agents.values():
         process.kill()
@@ -180,3 +181,39 @@ def test_everything_fails_while_agents_publish(stack: Stack) -> None:
     stack.agents[schools[2]].kill()
     stack.start_agent(schools[2])
     _assert_exactly_once(stack)
+
+
+def test_collectors_sharing_the_subscription_lose_nothing_when_one_is_killed(
+    stack: Stack,
+) -> None:
+    """Two collectors on one MQTT shared subscription: one is killed mid-stream, restarted."""
+    stack.collector.stop()
+    shared = []
+    ids = [unique(f"collector-{number}-") for number in range(2)]
+    for number in range(2):
+        env = stack.collector_env | {
+            "SCHOOL_COLLECTOR_MQTT__CLIENT_ID": ids[number],
+            "SCHOOL_COLLECTOR_MQTT__SHARE_GROUP": "collectors",
+        }
+        shared.append(
+            start_collector(collector_process(stack.run_dir, env, name=f"collector-{number}"))
+        )
+    try:
+        schools = _start_agents(stack)
+        _when_produced(stack, schools[0], 0.3)
+        shared[0].kill()  # what it held unacknowledged waits in its session on the broker
+        time.sleep(2)
+        start_collector(shared[0])
+        _assert_exactly_once(stack)
+
+        def shares() -> list[dict[str, object]] | None:
+            rows = stack.database.rows(
+                'SELECT max("stored") FROM "collector" GROUP BY "collector_id"'
+            )
+            mine = [row for row in rows if row["collector_id"] in ids]
+            return mine if len(mine) == 2 and all(row["max"] for row in mine) else None
+
+        wait_for(shares, timeout=30, what="both collectors to have stored a share")
+    finally:
+        for process in shared:
+            process.stop()
