@@ -27,9 +27,9 @@ from agent.contract import (
 from agent.devices.heartbeat_http import HeartbeatEndpoint
 from agent.devices.heartbeat_mqtt import HeartbeatSubscriber
 from agent.devices.heartbeats import HeartbeatDesk
-from agent.devices.inventory import CheckKind, split_address
+from agent.devices.inventory import split_address
 from agent.devices.monitor import DeviceMonitor
-from agent.devices.probes import IcmpUnavailable, icmp_privileged
+from agent.devices.probes import IcmpUnavailable, icmp_mode
 from agent.devices.reports import DeviceReporter
 from agent.host_health import prime_cpu_meter, read_host_health
 from agent.identity import ensure_state_dir, load_agent_id, new_boot_id
@@ -308,13 +308,10 @@ def _log_measurement(m: SpeedMeasurement) -> None:
 
 def _icmp_mode(settings: AgentSettings) -> bool:
     """Whether ICMP checks need raw sockets; a clear start-up error when none are allowed."""
-    if not any(device.check is CheckKind.ICMP for device in settings.devices):
-        return False
     try:
-        return icmp_privileged()
+        return icmp_mode(settings.devices)
     except IcmpUnavailable as exc:
-        names = ", ".join(d.id for d in settings.devices if d.check is CheckKind.ICMP)
-        raise ConfigError(f"devices {names}: {exc}") from exc
+        raise ConfigError(str(exc)) from exc
 
 
 def _local(moment: datetime, settings: AgentSettings) -> str:

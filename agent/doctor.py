@@ -17,9 +17,8 @@ from pathlib import Path
 from agent.broker import BrokerError, ConnectionWatch, connect, new_client
 from agent.config_file import ConfigError
 from agent.contract import DeviceState
-from agent.devices.inventory import CheckKind
 from agent.devices.monitor import DeviceMonitor
-from agent.devices.probes import IcmpUnavailable, icmp_privileged
+from agent.devices.probes import IcmpUnavailable, icmp_mode
 from agent.settings import AgentSettings
 from agent.speed.endpoint import Endpoint, SpeedTestFailed
 from agent.speed.latency import measure_latency
@@ -149,12 +148,10 @@ def _speed_servers(settings: AgentSettings) -> list[Finding]:
 def _devices(settings: AgentSettings) -> list[Finding]:
     if not settings.devices:
         return []
-    privileged = False
-    if any(device.check is CheckKind.ICMP for device in settings.devices):
-        try:
-            privileged = icmp_privileged()
-        except IcmpUnavailable as exc:
-            return [Finding(Verdict.FAIL, "devices", str(exc))]
+    try:
+        privileged = icmp_mode(settings.devices)
+    except IcmpUnavailable as exc:
+        return [Finding(Verdict.FAIL, "devices", str(exc))]
     monitor = DeviceMonitor(settings.devices, on_report=lambda *_: None, privileged_icmp=privileged)
     found = []
     for device, seen in zip(settings.devices, monitor.check_once(), strict=True):

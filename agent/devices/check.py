@@ -7,9 +7,8 @@ from collections.abc import Sequence
 
 from agent.config_file import ConfigError
 from agent.contract import DeviceObservation, DeviceState
-from agent.devices.inventory import CheckKind
 from agent.devices.monitor import DeviceMonitor
-from agent.devices.probes import IcmpUnavailable, icmp_privileged
+from agent.devices.probes import IcmpUnavailable, icmp_mode
 from agent.settings import AgentSettings
 
 
@@ -21,12 +20,10 @@ def check_devices(settings: AgentSettings, *, as_json: bool) -> int:
             file=sys.stderr,
         )
         return 2
-    privileged = False
-    if any(device.check is CheckKind.ICMP for device in settings.devices):
-        try:
-            privileged = icmp_privileged()
-        except IcmpUnavailable as exc:
-            raise ConfigError(str(exc)) from exc
+    try:
+        privileged = icmp_mode(settings.devices)
+    except IcmpUnavailable as exc:
+        raise ConfigError(str(exc)) from exc
     monitor = DeviceMonitor(settings.devices, on_report=lambda *_: None, privileged_icmp=privileged)
     observations = monitor.check_once()
     if as_json:

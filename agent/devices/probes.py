@@ -15,7 +15,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import httpx
 import icmplib
@@ -49,6 +49,21 @@ def icmp_privileged() -> bool:
         "/etc/sysctl.d/), or give the agent CAP_NET_RAW (systemd: AmbientCapabilities="
         "CAP_NET_RAW), or check the device over tcp or http instead"
     )
+
+
+def icmp_mode(devices: Iterable[DeviceConfig]) -> bool:
+    """How these devices' ICMP checks may run (see :func:`icmp_privileged`).
+
+    False when no device is checked over ICMP; raise :class:`IcmpUnavailable`,
+    naming the devices, when the system allows no ICMP at all.
+    """
+    names = [device.id for device in devices if device.check is CheckKind.ICMP]
+    if not names:
+        return False
+    try:
+        return icmp_privileged()
+    except IcmpUnavailable as exc:
+        raise IcmpUnavailable(f"devices {', '.join(names)}: {exc}") from exc
 
 
 class Prober:
