@@ -69,6 +69,8 @@ class Outbox:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # A queue read from its head: a small page cache does (SQLite's default is 2 MB).
+        self._db.execute("PRAGMA cache_size=-256")
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
         self._count, self._bytes = row.fetchone()

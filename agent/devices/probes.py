@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import httpx
 import icmplib
@@ -66,20 +68,21 @@ def icmp_mode(devices: Iterable[DeviceConfig]) -> bool:
         raise IcmpUnavailable(f"devices {', '.join(names)}: {exc}") from exc
 
 
+@functools.cache
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """One context per CA file, shared by the devices: each holds its CAs in memory."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+
+
 class Prober:
     """Runs one device's check; TLS settings are prepared once, not per check."""
 
     def __init__(self, device: DeviceConfig, *, privileged_icmp: bool = False) -> None:
         self.device = device
         self._privileged = privileged_icmp
-        self._tls: ssl.SSLContext | bool = True
-        if device.check is CheckKind.HTTP:
-            if device.verify_tls is False:
-                self._tls = False
-            elif device.ca_file is not None:
-                self._tls = ssl.create_default_context(cafile=str(device.ca_file))
-            else:
-                self._tls = ssl.create_default_context()
+        self._tls: ssl.SSLContext | bool = False  # plain http://: no TLS to set up
+        if device.check is CheckKind.HTTP and (device.url or "").lower().startswith("https:"):
+            self._tls = _tls_context(device.ca_file) if device.verify_tls is not False else False
 
     async def check(self) -> Outcome:
         started = time.perf_counter()

@@ -30,7 +30,6 @@ from agent.speed.stable_rate import StableRate, StableRateVerdict
 
 SAMPLE_EVERY_S = 0.1
 UPLOAD_BODY_BYTES = 4 * 1024 * 1024
-_UPLOAD_BODY = memoryview(os.urandom(UPLOAD_BODY_BYTES))
 _READ_CHUNK = 64 * 1024
 _TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (Linux 4.1+)
 # A stream's own socket timeout only guards against a dead peer: one 4 MB upload
@@ -111,8 +110,11 @@ class Allowance:
 class _Stream(threading.Thread):
     """One persistent connection moving data in one direction until stopped."""
 
-    def __init__(self, endpoint: Endpoint, direction: Direction, allowance: Allowance) -> None:
+    def __init__(
+        self, endpoint: Endpoint, direction: Direction, allowance: Allowance, body: memoryview
+    ) -> None:
         super().__init__(daemon=True, name=f"speed-{direction.value}")
+        self._body = body
         self._endpoint = endpoint
         self._direction = direction
         self._allowance = allowance
@@ -199,7 +201,7 @@ class _Stream(threading.Thread):
         connection.request(
             "POST",
             f"{self._endpoint.upload_path}?x={time.time_ns()}",
-            body=_UPLOAD_BODY[:size],
+            body=self._body[:size],
             headers={"Content-Type": "application/octet-stream"},
         )
         reply = connection.getresponse()
@@ -230,7 +232,10 @@ def transfer(
     """
     rate = StableRate(rtt_s)
     allowance = Allowance(max_bytes)
-    streams = [_Stream(endpoint, direction, allowance) for _ in range(connections)]
+    # Random, so that no compression on the path inflates the upload; made per test
+    # and shared by the streams, so that an idle agent does not hold it.
+    body = memoryview(os.urandom(UPLOAD_BODY_BYTES if direction is Direction.UPLOAD else 0))
+    streams = [_Stream(endpoint, direction, allowance, body) for _ in range(connections)]
     started = time.monotonic()
     for stream in streams:
         stream.start()
