@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from agent.contract import DeadLetter, DevicesReport, RejectReason
+from agent.contract import AgentStatus, DeadLetter, DevicesReport, RejectReason, StatusReason
 from collector.counters import Counters
 from collector.device_book import DeviceBook, Numbering
 from collector.influx import InfluxError, InfluxRejected, InfluxUnavailable, InfluxWriter
 from collector.influx.query import InfluxQL, influx_lookup
 from collector.intake import Rejection, Trust, decode
-from collector.points import NOWHERE, Place, PointMaker
+from collector.points import NOWHERE, Place, PointMaker, ns
 from collector.registry import SchoolRegistry
 from collector.settings import CollectorSettings
 
@@ -58,6 +58,7 @@ class _Batch:
     items: list[Incoming]
     lines: list[tuple[str, int]]  # line protocol, index of the item it came from
     rejects: dict[int, Rejection]
+    measured_ns: dict[int, int]  # index -> measured_at of the message, for the lag
 
 
 class Pipeline:
@@ -119,26 +120,42 @@ class Pipeline:
     # -- the pipeline thread ----------------------------------------------
 
     def run(self, outlet: Outlet) -> None:
+        """Decode batches here while the previous one is written in a second thread.
+
+        The hand-over holds one batch: while InfluxDB is away, decoding stops
+        after it, the receive window fills, and the broker keeps the rest.
+        """
+        handover: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
+        storer = threading.Thread(target=self._store, args=(handover, outlet), name="store")
+        storer.start()
         next_stats = time.monotonic() + self._settings.stats_interval_s
         self._refresh_registry()
         next_registry = time.monotonic() + self._settings.registry_refresh_s
-        while not self._stopping.is_set():
-            if time.monotonic() >= next_registry:
-                self._refresh_registry()
-                next_registry = time.monotonic() + self._settings.registry_refresh_s
-            batch = self._collect(outlet)
-            if batch.items:
-                self._process(batch, outlet)
-            if time.monotonic() >= next_stats:
-                self._write_stats()
-                next_stats = time.monotonic() + self._settings.stats_interval_s
+        try:
+            while not self._stopping.is_set():
+                if time.monotonic() >= next_registry:
+                    self._refresh_registry()
+                    next_registry = time.monotonic() + self._settings.registry_refresh_s
+                batch = self._collect(outlet)
+                if batch.items:
+                    handover.put(batch)
+                if time.monotonic() >= next_stats:
+                    self._write_stats()
+                    next_stats = time.monotonic() + self._settings.stats_interval_s
+        finally:
+            handover.put(None)
+            storer.join()
         self._write_stats()
         self._influxql.close()
         log.info("collector stopped: %s", self.counters.summary())
 
+    def _store(self, handover: queue.Queue[_Batch | None], outlet: Outlet) -> None:
+        while (batch := handover.get()) is not None:
+            self._process(batch, outlet)
+
     def _collect(self, outlet: Outlet) -> _Batch:
         """Up to ``batch.max_points`` lines, within ``batch.max_wait_s`` of the first."""
-        batch = _Batch([], [], {})
+        batch = _Batch([], [], {}, {})
         limits = self._settings.batch
         deadline: float | None = None
         while len(batch.lines) < limits.max_points and not self._stopping.is_set():
@@ -168,9 +185,11 @@ class Pipeline:
         if isinstance(decoded, Rejection):
             batch.rejects[index] = decoded
             return
-        batch.lines.extend(
-            (line, index) for line in self._points.lines(decoded.message, item.arrived_ns)
-        )
+        message = decoded.message
+        batch.lines.extend((line, index) for line in self._points.lines(message, item.arrived_ns))
+        will = isinstance(message, AgentStatus) and message.reason is StatusReason.CONNECTION_LOST
+        if not will:  # a will is stored at its arrival; its measured_at says nothing of lag
+            batch.measured_ns[index] = ns(message.measured_at)
 
     def _numbered(self, report: DevicesReport, numbering: Numbering) -> None:
         where = f"school {report.school_id} agent {report.agent_id}"
@@ -203,6 +222,11 @@ class Pipeline:
             if index not in unacked:
                 outlet.ack(item)
         written = sum(1 for _, index in batch.lines if index not in refused)
+        now = time.time_ns()
+        stored = batch.measured_ns.items()
+        self.counters.stored_with_lag(
+            (now - at) / 1e6 for index, at in stored if index not in batch.rejects
+        )
         self.counters.add(
             batches=1, stored=len(batch.items) - len(batch.rejects), points_written=written
         )

@@ -28,7 +28,7 @@ class CollectorMqttSettings(BrokerSettings):
     topic_root: TopicRoot = DEFAULT_TOPIC_ROOT
     dead_letter_topic: str = "school-monitor/dead-letter"
     session_expiry_s: int = Field(default=7 * 86_400, ge=0, le=2**32 - 1)
-    receive_maximum: int = Field(default=1000, ge=1, le=65_535)
+    receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
     max_payload_bytes: int = Field(default=MAX_PAYLOAD_BYTES, ge=1024, le=16 * 1024 * 1024)
     share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -86,7 +86,7 @@ class InfluxSettings(BaseModel):
 class BatchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_points: int = Field(default=1000, ge=1, le=100_000)
+    max_points: int = Field(default=5000, ge=1, le=100_000)
     max_wait_s: float = Field(default=0.5, gt=0, le=60)
     retry_initial_s: float = Field(default=1.0, gt=0, le=60)
     retry_max_s: float = Field(default=60.0, gt=0, le=3600)
