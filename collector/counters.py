@@ -1,20 +1,58 @@
-"""The collector's own health: what it received, stored and rejected, by reason.
+"""The collector's own health: what it received, stored and rejected, by reason, and its lag.
 
 Written every ``stats_interval_s`` to the ``collector`` and
 ``collector_rejections`` measurements (cumulative since start, as Telegraf's
-internal plugin does), so Grafana can chart ingest rate and rejections.
+internal plugin does), so Grafana can chart ingest rate and rejections. The
+lag (from a message's ``measured_at`` to its write) is the exception: its
+percentiles cover the messages stored since the previous stats line.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.contract import RejectReason
 from collector.line_protocol import encode
 from collector.points import COLLECTOR, COLLECTOR_REJECTIONS
+
+# Lag buckets: 2 % wide from 1 ms to about 8 months; a percentile is its bucket's top.
+_LAG_BOUNDS_MS = [1.02**step for step in range(1200)]
+
+
+class LagMeter:
+    """Percentiles of the lag of the messages stored since it was last read."""
+
+    def __init__(self) -> None:
+        self._buckets: Counter[int] = Counter()
+        self._count = 0
+        self._max_ms = 0.0
+
+    def add(self, lags_ms: Iterable[float]) -> None:
+        for lag in lags_ms:
+            self._buckets[bisect.bisect_left(_LAG_BOUNDS_MS, lag)] += 1
+            self._count += 1
+            self._max_ms = max(self._max_ms, lag)
+
+    def take(self) -> dict[str, float]:
+        """``lag_p50_ms``, ``lag_p99_ms`` and ``lag_max_ms``, then start afresh; {} if none."""
+        if not self._count:
+            return {}
+        found = {}
+        seen = 0
+        wanted = [("lag_p50_ms", 0.50 * self._count), ("lag_p99_ms", 0.99 * self._count)]
+        for bucket in sorted(self._buckets):
+            seen += self._buckets[bucket]
+            while wanted and seen >= wanted[0][1]:
+                top = _LAG_BOUNDS_MS[min(bucket, len(_LAG_BOUNDS_MS) - 1)]
+                found[wanted.pop(0)[0]] = round(min(top, self._max_ms), 1)
+        found["lag_max_ms"] = round(self._max_ms, 1)
+        self.__init__()  # type: ignore[misc]
+        return found
 
 
 @dataclass
@@ -28,12 +66,17 @@ class Counters:
     device_report_gaps: int = 0
     agent_restarts: int = 0
     rejected: Counter[RejectReason] = field(default_factory=Counter)
+    lag: LagMeter = field(default_factory=LagMeter, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **amounts: int) -> None:
         with self._lock:
             for name, amount in amounts.items():
                 setattr(self, name, getattr(self, name) + amount)
+
+    def stored_with_lag(self, lags_ms: Iterable[float]) -> None:
+        with self._lock:
+            self.lag.add(lags_ms)
 
     def reject(self, reason: RejectReason) -> None:
         with self._lock:
@@ -43,7 +86,7 @@ class Counters:
         at = time.time_ns()
         tags = {"collector_id": collector_id}
         with self._lock:
-            totals = {
+            totals: dict[str, int | float] = {
                 "received": self.received,
                 "stored": self.stored,
                 "rejected": sum(self.rejected.values()),
@@ -55,7 +98,8 @@ class Counters:
                 "agent_restarts": self.agent_restarts,
             }
             by_reason = sorted(self.rejected.items())
-        return [encode(COLLECTOR, tags, totals, at)] + [
+            lag = self.lag.take()
+        return [encode(COLLECTOR, tags, totals | lag, at)] + [
             encode(COLLECTOR_REJECTIONS, tags | {"reason": reason.value}, {"count": count}, at)
             for reason, count in by_reason
         ]

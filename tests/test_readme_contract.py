@@ -190,6 +190,7 @@ def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurem
     lines = [line for m in _sample_messages() for line in maker.lines(m, 0)]
     counters = Counters()
     counters.reject(RejectReason.INVALID_JSON)
+    counters.stored_with_lag([120.0, 480.0])
     writer.write(lines + counters.lines("c1"))
     school = School(
         "KZ-1", "Almaty", "School 1", "Bostandyk", "urban", 43.2, 76.9, 1200, 95,
