@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent.contract import (
-    DEVICE_RESULT_CODES,
     AgentState,
     AgentStatus,
     DeviceResult,
@@ -31,6 +30,7 @@ from collector.line_protocol import FieldValue, encode
 SPEED = "speed"
 AGENT = "agent"
 DEVICE = "device"
+DEVICE_REPORT = "device_report"
 COLLECTOR = "collector"
 COLLECTOR_REJECTIONS = "collector_rejections"
 
@@ -168,37 +168,45 @@ def agent_line(status: AgentStatus, at_ns: int, place: Place = NOWHERE) -> str:
 
 
 def device_lines(report: DevicesReport, place: Place = NOWHERE) -> list[str]:
+    """A ``device`` point per device, and one ``device_report`` point for the report.
+
+    What belongs to the report (its numbering, ids, whether it is a full list)
+    is stored once, not with each device: InfluxDB's cost and size grow with
+    the number of field values, and a full list repeats it for every device.
+    """
     at = ns(report.measured_at)
-    return [
+    where = {
+        "school_id": report.school_id,
+        "region": place.region,
+        "district": place.district,
+        "agent_id": report.agent_id,
+    }
+    lines = [
         encode(
             DEVICE,
-            {
-                "school_id": report.school_id,
-                "region": place.region,
-                "district": place.district,
-                "agent_id": report.agent_id,
-                "device_id": device.device_id,
-                "kind": device.kind.value,
-                "result": device.result,
-            },
+            where
+            | {"device_id": device.device_id, "kind": device.kind.value, "result": device.result},
             {
                 "state": device.state.value,
                 "state_code": DEVICE_STATE_CODES[device.state.value],
                 "up": int(device.state is DeviceState.UP),
-                "result_code": device.result_code,
                 "response_ms": _float(device.response_ms),
                 "changed_at_ms": ns(device.changed_at) // 1_000_000,
                 "label": text(device.label),
                 "detail": text(device.detail) if device.detail is not None else None,
-                "sequence": report.sequence,
-                "full": int(report.full),
-                "boot_id": report.boot_id,
-                "message_id": report.message_id,
             },
             at,
         )
         for device in report.devices
     ]
+    report_fields: dict[str, FieldValue] = {
+        "sequence": report.sequence,
+        "full": int(report.full),
+        "devices": len(report.devices),
+        "boot_id": report.boot_id,
+        "message_id": report.message_id,
+    }
+    return [*lines, encode(DEVICE_REPORT, where, report_fields, at)]
 
 
 def stale_lines(
@@ -222,10 +230,8 @@ def stale_lines(
                 "state": STALE,
                 "state_code": DEVICE_STATE_CODES[STALE],
                 "up": 0,
-                "result_code": DEVICE_RESULT_CODES[lost],
                 "changed_at_ms": at_ns // 1_000_000,
                 "label": text(device.label) if device.label is not None else None,
-                "message_id": will.message_id,
             },
             at_ns,
         )

@@ -82,10 +82,14 @@ def start_agent(
 
 def _states(database: Influx, school_id: str, device_id: str, *, changes: bool) -> list[str]:
     """The device's states in time order: change reports only, or every point."""
-    where = f"school_id = '{school_id}' AND device_id = '{device_id}'"
-    if changes:
-        where += " AND full = 0"
-    return [row["state"] for row in database.rows(f"SELECT state FROM device WHERE {where}")]
+    where = f"school_id = '{school_id}'"
+    rows = database.rows(f"SELECT state FROM device WHERE {where} AND device_id = '{device_id}'")
+    if not changes:
+        return [row["state"] for row in rows]
+    # A change report's device points share its time with its device_report point.
+    reports = database.rows(f"SELECT sequence FROM device_report WHERE {where} AND full = 0")
+    changed_at = {row["time"] for row in reports}
+    return [row["state"] for row in rows if row["time"] in changed_at]
 
 
 def _latest(database: Influx, school_id: str, device_id: str) -> str | None:
@@ -195,12 +199,12 @@ def test_every_state_transition_reaches_influxdb(
         slow.close()
 
     rows = database.rows(
-        f"SELECT result, result_code, response_ms FROM device WHERE school_id = '{school_id}' "
+        f"SELECT result, state, response_ms FROM device WHERE school_id = '{school_id}' "
         "AND device_id = 'slow' AND state = 'down'"
     )
-    assert (rows[-1]["result"], rows[-1]["result_code"]) == ("timeout", 1)
+    assert (rows[-1]["result"], rows[-1]["response_ms"]) == ("timeout", None)
     full = database.rows(
-        f"SELECT sequence FROM device WHERE school_id = '{school_id}' AND full = 1"
+        f"SELECT sequence FROM device_report WHERE school_id = '{school_id}' AND full = 1"
     )
     assert {row["sequence"] for row in full} >= {0}  # the first full report, at start
 
@@ -221,7 +225,7 @@ def test_reports_are_numbered_without_gaps(
             lambda: (
                 len(
                     database.rows(
-                        f"SELECT * FROM device WHERE school_id = '{school_id}' AND full = 1"
+                        f"SELECT * FROM device_report WHERE school_id = '{school_id}' AND full = 1"
                     )
                 )
                 >= 2
@@ -231,7 +235,9 @@ def test_reports_are_numbered_without_gaps(
         )
     finally:
         gate.stop()
-    rows = database.rows(f"SELECT sequence, boot_id FROM device WHERE school_id = '{school_id}'")
+    rows = database.rows(
+        f"SELECT sequence, boot_id FROM device_report WHERE school_id = '{school_id}'"
+    )
     sequences = sorted({row["sequence"] for row in rows})
     assert sequences == list(range(len(sequences)))
     assert len({row["boot_id"] for row in rows}) == 1
@@ -275,7 +281,7 @@ def test_a_lost_agent_makes_its_devices_stale_not_down_until_it_returns(
         start_agent(devices)  # the agent returns, with a new boot id
         _wait_state(database, school_id, "gate", "up", timeout=30)
         assert _latest(database, school_id, "panel") == "unknown"  # no heartbeat since
-        boots = database.rows(f"SELECT boot_id FROM device WHERE school_id = '{school_id}'")
+        boots = database.rows(f"SELECT boot_id FROM device_report WHERE school_id = '{school_id}'")
         assert len({row["boot_id"] for row in boots}) == 2
         wait_for(
             lambda: (
@@ -359,10 +365,9 @@ def test_run_once_checks_devices_until_decided_and_stores_them(
         lambda: database.rows(f"SELECT * FROM device WHERE school_id = '{school_id}'"),
         what="the device points",
     )
-    assert {(r["device_id"], r["state"], r["full"]) for r in rows} == {
-        ("gate", "up", 1),
-        ("panic-1", "down", 1),
-    }
+    assert {(r["device_id"], r["state"]) for r in rows} == {("gate", "up"), ("panic-1", "down")}
+    reports = database.rows(f"SELECT * FROM device_report WHERE school_id = '{school_id}'")
+    assert [(r["full"], r["devices"]) for r in reports] == [(1, 2)]  # one full list, decided
 
 
 def test_the_devices_command_prints_a_table_and_fails_when_one_is_not_up() -> None:

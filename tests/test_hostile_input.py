@@ -94,7 +94,7 @@ def test_hundreds_of_hostile_payloads_through_broker_and_collector(
 
     stored_ids = {
         row["message_id"]
-        for measurement in ("speed", "device")
+        for measurement in ("speed", "device_report")
         for row in database.rows(f'SELECT "message_id" FROM "{measurement}"')
     }
     assert stored_ids == {m.message_id for m in accepted}

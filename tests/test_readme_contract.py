@@ -182,7 +182,16 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
 
 @pytest.mark.parametrize(
     "measurement",
-    ["speed", "agent", "device", "collector", "collector_rejections", "school", "registry_import"],
+    [
+        "speed",
+        "agent",
+        "device",
+        "device_report",
+        "collector",
+        "collector_rejections",
+        "school",
+        "registry_import",
+    ],
 )
 def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurement: str) -> None:
     writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
