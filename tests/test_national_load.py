@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -18,7 +19,9 @@ from tests.bench.national_load import (
     SchoolTemplates,
     kinds_in_mix,
     national_messages_per_s,
+    national_points_per_day,
 )
+from tests.bench.storage import Day
 
 
 @pytest.mark.parametrize("kind", sorted(POINTS))
@@ -49,3 +52,14 @@ def test_the_mix_follows_a_school_day_at_default_settings() -> None:
     for kind, share in MIX.items():
         assert drawn[kind] / 100_000 == pytest.approx(share, abs=0.005)
     assert national_messages_per_s() == pytest.approx(7400 * sum(PER_DAY.values()) / 86_400)
+
+
+def test_the_storage_benchmarks_day_is_the_national_day_of_one_school() -> None:
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    lines = Day("KZ-A-00003", start, random.Random(5)).lines(PointMaker())
+    assert len(lines) == national_points_per_day(1)
+    times = sorted(int(line.rsplit(" ", 1)[1]) for line in lines)
+    assert start.timestamp() * 1e9 <= times[0]
+    assert times[-1] < (start.timestamp() + 86_400) * 1e9
+    response_times = {part for line in lines for part in line.split(",") if "response_ms=" in part}
+    assert len(response_times) > 100  # varied, as in service, not one repeated value
