@@ -61,6 +61,18 @@ class _Batch:
     measured_ns: dict[int, int]  # index -> measured_at of the message, for the lag
 
 
+def _hand_over(
+    handover: queue.Queue[_Batch | None], batch: _Batch | None, storer: threading.Thread
+) -> None:
+    """Put ``batch`` for the store thread, unless that thread has ended (it failed)."""
+    while storer.is_alive():
+        try:
+            handover.put(batch, timeout=0.5)
+        except queue.Full:
+            continue
+        return
+
+
 class Pipeline:
     def __init__(
         self,
@@ -126,7 +138,10 @@ class Pipeline:
         after it, the receive window fills, and the broker keeps the rest.
         """
         handover: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
-        storer = threading.Thread(target=self._store, args=(handover, outlet), name="store")
+        failures: list[BaseException] = []
+        storer = threading.Thread(
+            target=self._store, args=(handover, outlet, failures), name="store"
+        )
         storer.start()
         next_stats = time.monotonic() + self._settings.stats_interval_s
         self._refresh_registry()
@@ -138,20 +153,32 @@ class Pipeline:
                     next_registry = time.monotonic() + self._settings.registry_refresh_s
                 batch = self._collect(outlet)
                 if batch.items:
-                    handover.put(batch)
+                    _hand_over(handover, batch, storer)
                 if time.monotonic() >= next_stats:
                     self._write_stats()
                     next_stats = time.monotonic() + self._settings.stats_interval_s
         finally:
-            handover.put(None)
+            _hand_over(handover, None, storer)
             storer.join()
+        if failures:  # unacknowledged messages stay on the broker; a restart takes them up
+            raise failures[0]
         self._write_stats()
         self._influxql.close()
         log.info("collector stopped: %s", self.counters.summary())
 
-    def _store(self, handover: queue.Queue[_Batch | None], outlet: Outlet) -> None:
-        while (batch := handover.get()) is not None:
-            self._process(batch, outlet)
+    def _store(
+        self,
+        handover: queue.Queue[_Batch | None],
+        outlet: Outlet,
+        failures: list[BaseException],
+    ) -> None:
+        """Write, dead-letter and acknowledge each batch; an unexpected error stops run()."""
+        try:
+            while (batch := handover.get()) is not None:
+                self._process(batch, outlet)
+        except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
+            failures.append(exc)
+            self._stopping.set()
 
     def _collect(self, outlet: Outlet) -> _Batch:
         """Up to ``batch.max_points`` lines, within ``batch.max_wait_s`` of the first."""

@@ -165,3 +165,35 @@ def test_stopping_during_an_outage_ends_at_once_and_acknowledges_nothing(
     thread.join(timeout=5)
     assert not thread.is_alive(), "stop must interrupt the retry loop"
     assert outlet.acked == []
+
+
+class BrokenWriter:
+    """A writer with a bug: not an outage, not a refusal, an error nobody expected."""
+
+    def write(self, lines: list[str]) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unexpected_error_while_storing_stops_the_collector_instead_of_hanging_it() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    pipeline = Pipeline(BrokenWriter(), _settings(url, "nowhere"))  # type: ignore[arg-type]
+    outlet = RecordingOutlet()
+    for item in _incoming(_reports(5)):
+        pipeline.submit(item)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pipeline.run(outlet)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=15)
+    assert not thread.is_alive(), "run() must end when the store thread fails"
+    assert [str(exc) for exc in raised] == ["a bug in the writer"]
+    assert outlet.acked == [], "nothing unstored may be acknowledged"
