@@ -28,6 +28,9 @@ class LagMeter:
     """Percentiles of the lag of the messages stored since it was last read."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._buckets: Counter[int] = Counter()
         self._count = 0
         self._max_ms = 0.0
@@ -51,7 +54,7 @@ class LagMeter:
                 top = _LAG_BOUNDS_MS[min(bucket, len(_LAG_BOUNDS_MS) - 1)]
                 found[wanted.pop(0)[0]] = round(min(top, self._max_ms), 1)
         found["lag_max_ms"] = round(self._max_ms, 1)
-        self.__init__()  # type: ignore[misc]
+        self._reset()
         return found
 
 

@@ -458,6 +458,20 @@ def pipeline() -> dict[str, Any]:
             ],
             (0, 9, 24, 5),
         ),
+        panel(
+            "Ingest lag, measured to stored (p50 and p99)",
+            "timeseries",
+            [
+                target(
+                    'SELECT max("lag_p50_ms") AS "p50", max("lag_p99_ms") AS "p99" '
+                    'FROM "collector" WHERE $timeFilter '
+                    'GROUP BY time($__interval), "collector_id" fill(none)',
+                    alias="$tag_collector_id $col",
+                )
+            ],
+            (0, 14, 24, 8),
+            fieldConfig={"defaults": {"unit": "ms"}, "overrides": []},
+        ),
     ]
     return dashboard("school-monitor-pipeline", "School monitor: pipeline health", panels)
 

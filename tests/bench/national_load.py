@@ -85,14 +85,6 @@ def mean_points_per_message() -> float:
     return sum(MIX[k] * POINTS[k] for k in MIX)
 
 
-def school_ids(schools: int = SCHOOLS) -> list[str]:
-    """The simulated fleet's ids (collector/fleet.py numbers them the same way)."""
-    from collector.fleet import generate  # noqa: PLC0415 - heavy, only for the registry
-
-    fleet = generate(schools, now=datetime.now(UTC), days=1)
-    return [record.school.school_id for record in fleet.records]
-
-
 def _template(model: BaseModel) -> str:
     """The model as JSON with ``{mid}``, ``{at}`` and ``{seq}`` where the sentinels were."""
     text = model.model_dump_json().replace("{", "{{").replace("}", "}}")
