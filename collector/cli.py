@@ -70,6 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser(
         "show", parents=[common], help="schools per region in the newest imported registry"
     )
+    kept = commands.add_parser(
+        "retention",
+        parents=[common],
+        help="how long InfluxDB keeps raw points and their summaries (InfluxDB 1.x)",
+        description="Raw points stay retention.raw_days; the registry, the rollout "
+        "percentages and hourly summaries of every measurement stay in the 'history' "
+        "retention policy for retention.history_days (0: for ever). 'run' applies this "
+        "at start when influx.create_database is true.",
+    )
+    steps = kept.add_subparsers(dest="action", required=True, metavar="ACTION")
+    steps.add_parser(
+        "apply", parents=[common],
+        help="create or change the retention policies and continuous queries to match settings",
+    )  # fmt: skip
+    steps.add_parser(
+        "show", parents=[common], help="the retention policies and continuous queries in place"
+    )
+    backfill = steps.add_parser(
+        "backfill",
+        parents=[common],
+        help="summarise raw points of a time range into history (late data, an upgrade)",
+        description="Run the continuous queries' SELECT ... INTO over [--since, --until): "
+        "for points that arrived after their interval was summarised, or raw points "
+        "written before the retention plan was applied. Running it twice changes nothing.",
+    )
+    backfill.add_argument("--since", type=_moment, required=True, metavar="TIME",
+                          help="ISO 8601 start, e.g. 2026-11-01T00:00:00+05:00")  # fmt: skip
+    backfill.add_argument("--until", type=_moment, metavar="TIME", help="ISO 8601 end "
+                          "(default: now)")  # fmt: skip
+    backfill.add_argument("--school", metavar="SCHOOL_ID", help="only this school")
     rollout = commands.add_parser(
         "rollout",
         parents=[common],
@@ -171,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return _registry(settings, args)
     if args.command == "rollout":
         return _rollout(settings, args)
+    if args.command == "retention":
+        return _retention(settings, args)
     if args.command == "simulate":
         from collector.simulate import run_simulation  # noqa: PLC0415
 
@@ -196,11 +228,11 @@ def _registry(settings: CollectorSettings, args: argparse.Namespace) -> int:
     try:
         if args.action == "import":
             registry = SchoolRegistry.load(args.file)
-            writer = make_writer(settings.influx)
             if settings.influx.create_database:
+                writer = make_writer(settings.influx)
                 writer.ensure_database()
-            import_registry(registry, writer, args.file.name)
-            writer.close()
+                writer.close()
+            import_registry(registry, settings.influx, args.file.name)
             print(
                 f"imported {len(registry)} schools in {len(registry.regions())} regions "
                 f"from {args.file} into {settings.influx.database}"
@@ -221,6 +253,46 @@ def _registry(settings: CollectorSettings, args: argparse.Namespace) -> int:
     regions = Counter(school.region for school in current)
     print(_table(["region", "schools"], [[r, str(n)] for r, n in sorted(regions.items())]))
     print(f"{len(current)} schools")
+    return 0
+
+
+def _retention(settings: CollectorSettings, args: argparse.Namespace) -> int:
+    from collector import retention  # noqa: PLC0415
+    from collector.influx import HISTORY, InfluxError, make_writer  # noqa: PLC0415
+    from collector.influx.query import InfluxQL  # noqa: PLC0415
+
+    if settings.influx.api != "v1":
+        print("school-collector: retention policies and continuous queries are InfluxDB 1.x's; "
+              "on 2.x and 3.x set each bucket's retention (README, 'Retention')",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    plan = retention.Plan.of(settings)
+    client = InfluxQL(settings.influx)
+    try:
+        if args.action == "apply":
+            writer = make_writer(settings.influx)
+            writer.ensure_database()
+            writer.close()
+            for statement in retention.apply(client, plan):
+                print(statement)
+        elif args.action == "backfill":
+            until = args.until or datetime.now(UTC)
+            written = retention.backfill(client, plan, args.since, until, args.school)
+            print(f"{written} summary points written into {HISTORY}")
+        else:
+            rows = [[p.name, p.duration, p.shard_duration, "yes" if p.default else ""]
+                    for p in retention.policies(client, plan.database)]  # fmt: skip
+            print(_table(["policy", "duration", "shard duration", "default"], rows))
+            queries = [[row["name"], row["query"]]
+                       for s in client.query("SHOW CONTINUOUS QUERIES") if s.name == plan.database
+                       for row in s.rows()]  # fmt: skip
+            print(_table(["continuous query", "statement"], queries) if queries
+                  else "no continuous queries: school-collector retention apply")  # fmt: skip
+    except InfluxError as exc:
+        print(f"school-collector: InfluxDB: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()
     return 0
 
 

@@ -49,6 +49,7 @@ from collector.registry import COLUMNS, School, SchoolRegistry
 from collector.registry_store import import_registry
 from collector.rollout import DEFINITIONS, EPSILON, NATIONAL, SAFETY_KINDS
 from collector.rollout_rules import Rules
+from collector.settings import InfluxSettings
 
 # name, share of the country's schools, share urban, latitude, longitude
 REGIONS: list[tuple[str, float, float, float, float]] = [
@@ -399,9 +400,11 @@ def _truths(record: SchoolRecord, at: datetime, rules: Rules) -> set[str]:
 # -- sending it -----------------------------------------------------------------
 
 
-def write_direct(fleet: Fleet, writer: InfluxWriter, registry_at: datetime) -> int:
+def write_direct(
+    fleet: Fleet, writer: InfluxWriter, influx: InfluxSettings, registry_at: datetime
+) -> int:
     """Import the registry and store every message's points as the collector would."""
-    import_registry(fleet.registry, writer, "simulated fleet", at_ns=ns(registry_at))
+    import_registry(fleet.registry, influx, "simulated fleet", at_ns=ns(registry_at))
     maker = PointMaker()
     lines = [
         line

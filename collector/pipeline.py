@@ -58,7 +58,7 @@ class _Batch:
     items: list[Incoming]
     lines: list[tuple[str, int]]  # line protocol, index of the item it came from
     rejects: dict[int, Rejection]
-    measured_ns: dict[int, int]  # index -> measured_at of the message, for the lag
+    measured: dict[int, tuple[int, str]]  # index -> the message's measured_at (ns), school
 
 
 def _hand_over(
@@ -80,11 +80,14 @@ class Pipeline:
         settings: CollectorSettings,
         registry: SchoolRegistry | None = None,
         registry_loader: Callable[[], SchoolRegistry | None] | None = None,
+        late: Callable[[str, int, int], None] | None = None,
     ) -> None:
+        """``late(school_id, measured_ns, stored_ns)`` hears of every message stored."""
         self._writer = writer
         self._settings = settings
         self._registry_loader = registry_loader
         self._registry = registry
+        self._late = late
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self.counters = Counters()
@@ -216,7 +219,7 @@ class Pipeline:
         batch.lines.extend((line, index) for line in self._points.lines(message, item.arrived_ns))
         will = isinstance(message, AgentStatus) and message.reason is StatusReason.CONNECTION_LOST
         if not will:  # a will is stored at its arrival; its measured_at says nothing of lag
-            batch.measured_ns[index] = ns(message.measured_at)
+            batch.measured[index] = (ns(message.measured_at), message.school_id)
 
     def _numbered(self, report: DevicesReport, numbering: Numbering) -> None:
         where = f"school {report.school_id} agent {report.agent_id}"
@@ -250,10 +253,11 @@ class Pipeline:
                 outlet.ack(item)
         written = sum(1 for _, index in batch.lines if index not in refused)
         now = time.time_ns()
-        stored = batch.measured_ns.items()
-        self.counters.stored_with_lag(
-            (now - at) / 1e6 for index, at in stored if index not in batch.rejects
-        )
+        stored = [when for index, when in batch.measured.items() if index not in batch.rejects]
+        self.counters.stored_with_lag((now - at) / 1e6 for at, _ in stored)
+        if self._late is not None:
+            for at, school_id in stored:
+                self._late(school_id, at, now)
         self.counters.add(
             batches=1, stored=len(batch.items) - len(batch.rejects), points_written=written
         )

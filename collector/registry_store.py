@@ -3,9 +3,10 @@
 ``school-collector registry import FILE.csv`` validates the whole file first
 (see :mod:`collector.registry`), then writes one ``school`` point per school,
 all at the same timestamp, and last a ``registry_import`` point that marks the
-import complete. Readers take the newest complete import, so an import that
-fails half-way is never used, and a school left out of a newer file is no
-longer counted.
+import complete, both in the ``history`` retention policy: the registry outlives
+the raw points (:mod:`collector.retention`). Readers take the newest complete
+import, so an import that fails half-way is never used, and a school left out
+of a newer file is no longer counted.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import uuid
 from typing import Any
 
 from agent.contract import DeviceKind
-from collector.influx import InfluxWriter
+from collector.influx import HISTORY, InfluxWriter, make_history_writer
 from collector.influx.query import InfluxQL
 from collector.line_protocol import encode
 from collector.registry import School, SchoolRegistry
+from collector.settings import InfluxSettings
 
 SCHOOL = "school"
 REGISTRY_IMPORT = "registry_import"
@@ -49,9 +51,19 @@ def school_line(school: School, import_id: str, at_ns: int) -> str:
 
 
 def import_registry(
-    registry: SchoolRegistry, writer: InfluxWriter, source: str, at_ns: int | None = None
+    registry: SchoolRegistry, influx: InfluxSettings, source: str, at_ns: int | None = None
 ) -> tuple[str, int]:
     """Write every school, then the completion mark; return (import id, timestamp)."""
+    writer = make_history_writer(influx)
+    try:
+        return _write_import(registry, writer, source, at_ns)
+    finally:
+        writer.close()
+
+
+def _write_import(
+    registry: SchoolRegistry, writer: InfluxWriter, source: str, at_ns: int | None
+) -> tuple[str, int]:
     at = at_ns if at_ns is not None else time.time_ns()
     import_id = uuid.uuid4().hex
     lines = [school_line(school, import_id, at) for school in registry]
@@ -75,7 +87,8 @@ def import_registry(
 def latest_import_time(ql: InfluxQL, before_ns: int | None = None) -> int | None:
     """The timestamp (ns) of the newest complete import (at or before ``before_ns``)."""
     bound = f" WHERE time <= {int(before_ns)}" if before_ns is not None else ""
-    found = ql.query(f'SELECT last("schools") FROM "registry_import"{bound}', epoch="ns")  # noqa: S608
+    statement = f'SELECT last("schools") FROM "{HISTORY}"."registry_import"{bound}'  # noqa: S608
+    found = ql.query(statement, epoch="ns")
     if not found or not found[0].values:
         return None
     return int(found[0].values[0][0])
@@ -87,7 +100,7 @@ def load_registry(ql: InfluxQL, before_ns: int | None = None) -> SchoolRegistry 
     if when is None:
         return None
     series = ql.query(
-        f'SELECT * FROM "school" WHERE time >= {int(when)} AND time <= {int(when)}',  # noqa: S608
+        f'SELECT * FROM "{HISTORY}"."school" WHERE time >= {int(when)} AND time <= {int(when)}',  # noqa: S608
         epoch="ns",
     )
     schools = [_school(row) for s in series for row in s.rows()]

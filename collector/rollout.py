@@ -55,6 +55,9 @@ QUERIES: dict[str, str] = {
     'AND time > {since} AND time <= {until} GROUP BY "school_id"',
     "last_report": 'SELECT last("result_code") FROM "speed" WHERE time <= {until} '
     'GROUP BY "school_id"',
+    # the same from the summaries, for schools silent for longer than raw points are kept
+    "last_report_summary": 'SELECT last("tests") FROM "history"."speed_summary" '
+    'WHERE time <= {until} GROUP BY "school_id"',
     "devices_up": 'SELECT last("up") FROM "device" WHERE time > {since} AND time <= {until} '
     'GROUP BY "school_id", "device_id", "kind"',
 }
@@ -91,9 +94,10 @@ def read_facts(ql: InfluxQL, at: datetime, rules: Rules) -> Facts:
         facts.mean_download[series.tags["school_id"]] = float(series.values[0][1])
     for series in ql.query(QUERIES["latest_download"].format(since=window, until=until)):
         facts.latest_download[series.tags["school_id"]] = float(series.values[0][1])
-    for series in ql.query(QUERIES["last_report"].format(until=until), epoch="ns"):
-        moment = datetime.fromtimestamp(series.values[0][0] / 1e9, UTC)
-        facts.last_report[series.tags["school_id"]] = moment
+    for name in ("last_report_summary", "last_report"):  # raw, where kept, is exact
+        for series in ql.query(QUERIES[name].format(until=until), epoch="ns"):
+            moment = datetime.fromtimestamp(series.values[0][0] / 1e9, UTC)
+            facts.last_report[series.tags["school_id"]] = moment
     for series in ql.query(QUERIES["devices_up"].format(since=fresh, until=until)):
         if series.values[0][1] == 1:
             facts.live_kinds[series.tags["school_id"]].add(series.tags["kind"])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
+import time
 from types import FrameType
 
+from collector import retention
 from collector.consumer import Consumer
-from collector.influx import InfluxError, make_writer
+from collector.influx import InfluxError, InfluxWriter, make_history_writer, make_writer
 from collector.influx.query import InfluxQL
 from collector.pipeline import Pipeline
 from collector.registry import SchoolRegistry
@@ -18,13 +21,38 @@ from collector.settings import CollectorSettings
 log = logging.getLogger(__name__)
 
 
+def prepare_database(settings: CollectorSettings, writer: InfluxWriter) -> bool:
+    """Create the database and apply the retention plan (InfluxDB 1.x); False if it failed."""
+    if not settings.influx.create_database:
+        return True
+    try:
+        writer.ensure_database()
+        if settings.influx.api == "v1":
+            client = InfluxQL(settings.influx)
+            try:
+                retention.apply(client, retention.Plan.of(settings))
+            finally:
+                client.close()
+    except InfluxError as exc:
+        log.warning("could not prepare the database yet (%s); writes will retry", exc)
+        return False
+    return True
+
+
+def _prepare_later(settings: CollectorSettings) -> None:
+    writer = make_writer(settings.influx)
+    while not prepare_database(settings, writer):
+        time.sleep(60)
+    log.info("database %r and its retention policies are ready", settings.influx.database)
+    writer.close()
+
+
 def run_collector(settings: CollectorSettings) -> int:
     writer = make_writer(settings.influx)
-    if settings.influx.create_database:
-        try:
-            writer.ensure_database()
-        except InfluxError as exc:
-            log.warning("InfluxDB not reachable yet (%s); writes will retry", exc)
+    if not prepare_database(settings, writer):
+        threading.Thread(
+            target=_prepare_later, args=(settings,), name="prepare-database", daemon=True
+        ).start()
     registry = None
     loader = None
     if settings.registry_file is not None:
@@ -33,7 +61,12 @@ def run_collector(settings: CollectorSettings) -> int:
     else:
         reader = InfluxQL(settings.influx)
         loader = lambda: load_registry(reader)  # noqa: E731 - the newest import, re-read
-    pipeline = Pipeline(writer, settings, registry, registry_loader=loader)
+    late = None
+    if settings.influx.api == "v1":  # continuous queries are InfluxDB 1.x's
+        late = retention.LateHours(retention.Plan.of(settings), InfluxQL(settings.influx))
+    pipeline = Pipeline(
+        writer, settings, registry, registry_loader=loader, late=late.note if late else None
+    )
     consumer = Consumer(settings.mqtt, pipeline.submit)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -49,12 +82,16 @@ def run_collector(settings: CollectorSettings) -> int:
         settings.mqtt.topic_root,
         writer,
     )
-    rollup = Rollup(settings, make_writer(settings.influx))
+    rollup = Rollup(settings, make_history_writer(settings.influx))
     consumer.start()
     rollup.start()
+    if late is not None:
+        late.start()
     try:
         pipeline.run(consumer)
     finally:
+        if late is not None:
+            late.stop()
         rollup.stop()
         consumer.close()
         writer.close()

@@ -109,6 +109,16 @@ class RolloutSettings(BaseModel):
         return Rules(**self.model_dump(exclude={"interval_s"}))
 
 
+class RetentionSettings(BaseModel):
+    """How long InfluxDB keeps raw points and their summaries (README, "Retention")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    raw_days: int = Field(default=90, ge=1, le=3650)
+    history_days: int = Field(default=0, ge=0, le=36_500)
+    summary_interval_s: int = Field(default=3600, ge=1, le=86_400)
+
+
 class CollectorSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
@@ -121,10 +131,23 @@ class CollectorSettings(FileSettings):
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     registry_file: Path | None = None
     registry_refresh_s: float = Field(default=300.0, ge=1, le=86_400)
     max_future_s: float = Field(default=300.0, ge=0, le=86_400)
     max_past_days: float = Field(default=60.0, gt=0, le=3650)
+
+    @model_validator(mode="after")
+    def _raw_outlives_its_readers(self) -> Self:
+        rules = self.rollout
+        needed = max(self.max_past_days, rules.speed_window_days, rules.dropped_days,
+                     rules.reporting_days, rules.live_days)  # fmt: skip
+        if self.retention.raw_days < needed:
+            raise ValueError(
+                f"retention.raw_days ({self.retention.raw_days}) must be at least {needed:g}: "
+                "max_past_days and the rollout windows read raw points that old"
+            )
+        return self
 
     @field_validator("registry_file")
     @classmethod

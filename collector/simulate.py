@@ -16,6 +16,7 @@ from collector.fleet import Fleet, generate, messages, write_direct
 from collector.influx import InfluxError, make_writer
 from collector.points import ns
 from collector.registry_store import import_registry
+from collector.service import prepare_database
 from collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,18 @@ def run_simulation(settings: CollectorSettings, args: argparse.Namespace) -> int
         print(f"registry of {args.schools} schools written to {args.registry_out}")
     writer = make_writer(settings.influx)
     try:
-        if settings.influx.create_database:
-            writer.ensure_database()
+        if not prepare_database(settings, writer):
+            print(f"school-collector: cannot prepare InfluxDB at {settings.influx.url}; "
+                  "is it running?", file=sys.stderr)  # fmt: skip
+            return 1
         if args.via == "influx":
-            points = write_direct(fleet, writer, registry_at=now - timedelta(hours=1))
+            points = write_direct(
+                fleet, writer, settings.influx, registry_at=now - timedelta(hours=1)
+            )
             print(f"{args.schools} schools and {points} points written to InfluxDB")
             return 0
         import_registry(
-            fleet.registry, writer, "simulated fleet", at_ns=ns(now - timedelta(hours=1))
+            fleet.registry, settings.influx, "simulated fleet", at_ns=ns(now - timedelta(hours=1))
         )
     except InfluxError as exc:
         print(f"school-collector: InfluxDB: {exc}", file=sys.stderr)

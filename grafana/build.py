@@ -98,7 +98,7 @@ def national() -> dict[str, Any]:
     panels = []
     for index, (metric, title) in enumerate(STATS):
         query = (
-            f'SELECT last("percent") FROM "rollout" WHERE "level" = \'national\' '
+            f'SELECT last("percent") FROM "history"."rollout" WHERE "level" = \'national\' '
             f"AND \"metric\" = '{metric}' AND $timeFilter GROUP BY time($__interval) fill(none)"
         )
         panels.append(
@@ -118,7 +118,8 @@ def national() -> dict[str, Any]:
             [
                 target(
                     'SELECT last("latitude") AS "latitude", last("longitude") AS "longitude", '
-                    'last("name") AS "name" FROM "school" WHERE $timeFilter GROUP BY "school_id"',
+                    'last("name") AS "name" FROM "history"."school" WHERE time <= now() '
+                    'GROUP BY "school_id"',
                     "A",
                     "table",
                 ),
@@ -149,7 +150,7 @@ def national() -> dict[str, Any]:
             "table",
             [
                 target(
-                    'SELECT last("percent") AS "percent" FROM "rollout" WHERE "level" = '
+                    'SELECT last("percent") AS "percent" FROM "history"."rollout" WHERE "level" = '
                     '\'region\' AND $timeFilter GROUP BY "region", "metric"',
                     fmt="table",
                 )
@@ -174,8 +175,9 @@ def national() -> dict[str, Any]:
             "timeseries",
             [
                 target(
-                    'SELECT mean("percent") FROM "rollout" WHERE "level" = \'national\' AND '
-                    '$timeFilter GROUP BY time($__interval), "metric" fill(none)',
+                    'SELECT mean("percent") FROM "history"."rollout" '
+                    "WHERE \"level\" = 'national' AND $timeFilter "
+                    'GROUP BY time($__interval), "metric" fill(none)',
                     alias="$tag_metric",
                 )
             ],
@@ -191,7 +193,7 @@ REGION_VARIABLE = {
     "label": "Region",
     "type": "query",
     "datasource": DATASOURCE,
-    "query": 'SHOW TAG VALUES FROM "school" WITH KEY = "region"',
+    "query": 'SHOW TAG VALUES FROM "history"."school" WITH KEY = "region"',
     "refresh": 1,
     "sort": 1,
 }
@@ -200,7 +202,8 @@ SCHOOL_VARIABLE = {
     "label": "School",
     "type": "query",
     "datasource": DATASOURCE,
-    "query": 'SHOW TAG VALUES FROM "school" WITH KEY = "school_id" WHERE "region" =~ /^$region$/',
+    "query": 'SHOW TAG VALUES FROM "history"."school" WITH KEY = "school_id" '
+    'WHERE "region" =~ /^$region$/',
     "refresh": 1,
     "sort": 1,
 }
@@ -225,8 +228,8 @@ def drill_down() -> dict[str, Any]:
             [
                 target(
                     'SELECT last("percent") AS "percent", last("schools") AS "schools", '
-                    'last("total") AS "total" FROM "rollout" WHERE "region" =~ /^$region$/ '
-                    'AND $timeFilter GROUP BY "metric"',
+                    'last("total") AS "total" FROM "history"."rollout" '
+                    'WHERE "region" =~ /^$region$/ AND $timeFilter GROUP BY "metric"',
                     fmt="table",
                 )
             ],

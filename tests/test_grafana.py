@@ -19,6 +19,7 @@ import yaml
 
 from agent.contract import DeviceKind, DeviceState
 from collector.fleet import Fleet, SchoolRecord, generate, ground_truth, write_direct
+from collector.influx import make_history_writer
 from collector.influx.query import InfluxQL, Series
 from collector.influx.v1 import V1Writer
 from collector.line_protocol import encode
@@ -43,12 +44,13 @@ def fleet() -> Fleet:
 def stored(fleet: Fleet, database: Influx) -> Iterator[InfluxQL]:
     settings = InfluxSettings(url=database.url, database=database.database)
     writer = V1Writer(settings)
-    write_direct(fleet, writer, registry_at=NOW - timedelta(days=2))
+    write_direct(fleet, writer, settings, registry_at=NOW - timedelta(days=2))
     client = InfluxQL(settings)
+    history = make_history_writer(settings)
     for at in (NOW - timedelta(days=1), NOW):
         rows = rollout(client, at)
         assert rows is not None
-        writer.write(rollout_lines(rows, at))
+        history.write(rollout_lines(rows, at))
     tags = {"collector_id": "c1"}
     writer.write(
         [
@@ -250,3 +252,4 @@ def test_the_agent_offline_alert_fires_for_lost_agents(fleet: Fleet, stored: Inf
     online = _alert_values(stored, "agent-offline", "A")
     firing = {tags["school_id"] for tags, v in online.values() if v < 1}
     assert firing == {r.school.school_id for r in fleet.records if r.agent_lost}
+

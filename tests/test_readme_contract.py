@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,7 @@ from agent.contract import (
 )
 from agent.devices.inventory import DeviceConfig
 from agent.settings import AgentSettings
+from collector import retention
 from collector.counters import Counters
 from collector.influx.v1 import V1Writer
 from collector.points import Place, PointMaker
@@ -191,10 +192,15 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
         "collector_rejections",
         "school",
         "registry_import",
+        "speed_summary",
+        "device_summary",
+        "agent_summary",
+        "collector_summary",
     ],
 )
 def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurement: str) -> None:
-    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
+    writer_settings = InfluxSettings(url=database.url, database=database.database)
+    writer = V1Writer(writer_settings)
     maker = PointMaker(place_of=lambda _school: Place("Almaty", "Bostandyk"))
     lines = [line for m in _sample_messages() for line in maker.lines(m, 0)]
     counters = Counters()
@@ -205,12 +211,16 @@ def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurem
         "KZ-1", "Almaty", "School 1", "Bostandyk", "urban", 43.2, 76.9, 1200, 95,
         frozenset({DeviceKind.PANIC_BUTTON}), True,
     )  # fmt: skip
-    import_registry(SchoolRegistry([school]), writer, "schools.csv")
+    import_registry(SchoolRegistry([school]), writer_settings, "schools.csv")
+    plan = retention.Plan(database.database, raw_days=90, history_days=0, summary_interval_s=3600)
+    first = min(m.measured_at for m in _sample_messages())
+    retention.backfill(database.client, plan, first, datetime.now(UTC) + timedelta(hours=1))
 
-    tags = {row["tagKey"] for row in database.rows(f'SHOW TAG KEYS FROM "{measurement}"')}
+    kept = retention.KEPT + tuple(summary.target for summary in retention.SUMMARIES)
+    name = f'"history"."{measurement}"' if measurement in kept else f'"{measurement}"'
+    tags = {row["tagKey"] for row in database.rows(f"SHOW TAG KEYS FROM {name}")}
     fields = {
-        row["fieldKey"]: row["fieldType"]
-        for row in database.rows(f'SHOW FIELD KEYS FROM "{measurement}"')
+        row["fieldKey"]: row["fieldType"] for row in database.rows(f"SHOW FIELD KEYS FROM {name}")
     }
     documented = _documented_measurement(measurement)
     assert {k for k, (kind, _) in documented.items() if kind == "tag"} == tags

@@ -13,6 +13,7 @@ import pytest
 from localstack import Process
 
 from collector.fleet import Fleet, generate, ground_truth, messages, write_direct
+from collector.influx import make_history_writer
 from collector.influx.query import InfluxQL
 from collector.influx.v1 import V1Writer
 from collector.registry import SchoolRegistry
@@ -31,8 +32,8 @@ def fleet() -> Fleet:
 
 @pytest.fixture
 def stored(fleet: Fleet, database: Influx) -> Influx:
-    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
-    write_direct(fleet, writer, registry_at=NOW - timedelta(hours=1))
+    settings = InfluxSettings(url=database.url, database=database.database)
+    write_direct(fleet, V1Writer(settings), settings, registry_at=NOW - timedelta(hours=1))
     return database
 
 
@@ -81,12 +82,12 @@ def test_the_rollout_measurement_agrees(fleet: Fleet, stored: Influx) -> None:
     client = InfluxQL(InfluxSettings(url=stored.url, database=stored.database))
     rows = rollout(client, NOW)
     assert rows is not None
-    V1Writer(InfluxSettings(url=stored.url, database=stored.database)).write(
+    make_history_writer(InfluxSettings(url=stored.url, database=stored.database)).write(
         rollout_lines(rows, NOW)
     )
     truth = ground_truth(fleet, NOW)
     found = stored.client.query(
-        'SELECT last("percent") FROM "rollout" GROUP BY "metric", "level", "region"'
+        'SELECT last("percent") FROM "history"."rollout" GROUP BY "metric", "level", "region"'
     )
     assert len(found) == len(rows)
     for series in found:
@@ -107,7 +108,7 @@ def test_the_collector_writes_the_rollout_every_interval(
     try:
         found = wait_for(
             lambda: stored.client.query(
-                'SELECT last("percent") FROM "rollout" WHERE "level" = \'national\' '
+                'SELECT last("percent") FROM "history"."rollout" WHERE "level" = \'national\' '
                 'GROUP BY "metric"',
                 epoch="ns",
             ),

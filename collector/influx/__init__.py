@@ -7,6 +7,10 @@ from typing import Protocol
 from collector.influx.errors import InfluxError, InfluxRejected, InfluxUnavailable
 from collector.settings import InfluxSettings
 
+# The retention policy (InfluxDB 2.x/3.x: the bucket "<database>/history") that
+# keeps the registry, the rollout percentages and the summaries for years.
+HISTORY = "history"
+
 
 class InfluxWriter(Protocol):
     def write(self, lines: list[str]) -> None:
@@ -27,4 +31,17 @@ def make_writer(settings: InfluxSettings) -> InfluxWriter:
     return V1Writer(settings)
 
 
-__all__ = ["InfluxError", "InfluxRejected", "InfluxUnavailable", "InfluxWriter", "make_writer"]
+def make_history_writer(settings: InfluxSettings) -> InfluxWriter:
+    """A writer into the ``history`` retention policy of the same database."""
+    return make_writer(settings.model_copy(update={"retention_policy": HISTORY}))
+
+
+__all__ = [
+    "HISTORY",
+    "InfluxError",
+    "InfluxRejected",
+    "InfluxUnavailable",
+    "InfluxWriter",
+    "make_history_writer",
+    "make_writer",
+]

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 import urllib3
 
+from collector.influx import HISTORY
 from collector.influx.errors import InfluxUnavailable, explain
 from collector.settings import InfluxSettings
 
@@ -23,6 +24,16 @@ def error_message(body: bytes) -> str:
     if isinstance(decoded, dict):
         return str(decoded.get("error") or decoded.get("message") or decoded)[:300]
     return str(decoded)[:300]
+
+
+def _statement_error(body: bytes) -> str | None:
+    """A /query reply is 200 even when its statement failed; the error is in its result."""
+    try:
+        results = json.loads(body).get("results") or [{}]
+    except (ValueError, AttributeError):
+        return None
+    error = results[0].get("error")
+    return str(error) if error else None
 
 
 class V1Writer:
@@ -49,15 +60,27 @@ class V1Writer:
             raise explain(reply.status, error_message(reply.data))
 
     def ensure_database(self) -> None:
-        """``CREATE DATABASE`` (idempotent in InfluxQL); a refusal is logged, not fatal."""
+        """``CREATE DATABASE`` and its ``history`` policy; a refusal is logged, not fatal.
+
+        Both statements are idempotent: a policy that exists already (perhaps
+        with another duration, see :mod:`collector.retention`) is left alone.
+        """
         quoted = self._settings.database.replace("\\", "\\\\").replace('"', '\\"')
-        reply = self._request("/query", {"q": f'CREATE DATABASE "{quoted}"'}, b"")
-        if reply.status != 200:
-            log.warning(
-                "could not create database %r (%s); create it yourself or give an admin user",
-                self._settings.database,
-                error_message(reply.data),
+        for statement in (
+            f'CREATE DATABASE "{quoted}"',
+            f'CREATE RETENTION POLICY "{HISTORY}" ON "{quoted}" DURATION INF REPLICATION 1',
+        ):
+            reply = self._request("/query", {"q": statement}, b"")
+            problem = (
+                error_message(reply.data) if reply.status != 200 else _statement_error(reply.data)
             )
+            if problem and "already exists" not in problem:
+                log.warning(
+                    "could not run %s (%s); run it yourself or give an admin user",
+                    statement,
+                    problem,
+                )
+                return
 
     def close(self) -> None:
         self._http.clear()

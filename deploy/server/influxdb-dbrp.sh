@@ -1,6 +1,11 @@
 #!/bin/sh
-# Runs once, when InfluxDB 2.x is first set up: maps the bucket to the database
-# name InfluxQL uses (the collector's rollup, `school-collector query`, Grafana).
+# Runs once, when InfluxDB 2.x is first set up: maps the buckets to the database
+# and retention policies InfluxQL uses (the collector's rollup, `school-collector
+# query`, Grafana): school_monitor/autogen, the raw points (the bucket's own
+# retention), and school_monitor/history, the registry and the rollout
+# percentages, kept for ever (README, "Retention and summaries").
 set -e
 bucket_id=$(influx bucket list --name school_monitor --hide-headers | cut -f 1)
 influx v1 dbrp create --db school_monitor --rp autogen --bucket-id "$bucket_id" --default
+history_id=$(influx bucket create --name school_monitor/history --retention 0 --hide-headers | cut -f 1)
+influx v1 dbrp create --db school_monitor --rp history --bucket-id "$history_id"

@@ -125,7 +125,7 @@ class Bench:
         self.writer.ensure_database()
         self.query = InfluxQL(self.settings)
         fleet = generate(SCHOOLS, now=datetime.now(UTC), days=1)
-        import_registry(fleet.registry, self.writer, "ingest benchmark")
+        import_registry(fleet.registry, self.settings, "ingest benchmark")
         self.schools = [record.school.school_id for record in fleet.records]
         self.collectors: list[subprocess.Popen[bytes]] = []
 

@@ -14,8 +14,14 @@ vary here too, so that compression is not flattered.
 InfluxDB is told to compact a shard that has been idle for 10 s (in service:
 4 hours), and the size of the data (TSM files) is read once every database is
 one fully compacted TSM file per shard with an empty WAL; the series index, a
-preallocated file of fixed size per database, is left out. The table gives points and bytes per
-school per day for each measurement, and what a year of 7,400 schools makes.
+preallocated file of fixed size per database, is left out.
+
+The day is then summarised into the ``history`` retention policy by the very
+statements of the continuous queries (collector/retention.py), and a day of the
+``rollout`` measurement (national, every 5 minutes) is written there too. The
+table gives, per school per day and for each measurement, the raw points and
+bytes and their summaries', what 7,400 schools keep raw for ``retention.raw_days``
+(90), and what their history adds each year.
 """
 
 from __future__ import annotations
@@ -36,10 +42,13 @@ sys.path.insert(0, str(REPO / "deploy"))  # localstack, as pytest's pythonpath g
 from localstack import InfluxDB, free_port  # noqa: E402
 
 from agent.contract import DEFAULT_TOPIC_ROOT  # noqa: E402
-from collector.influx import make_writer  # noqa: E402
+from collector import retention  # noqa: E402
+from collector.influx import make_history_writer, make_writer  # noqa: E402
+from collector.influx.query import InfluxQL  # noqa: E402
 from collector.intake import Accepted, decode  # noqa: E402
-from collector.points import PointMaker  # noqa: E402
-from collector.settings import InfluxSettings  # noqa: E402
+from collector.points import PointMaker, ns  # noqa: E402
+from collector.rollout import DEFINITIONS, NATIONAL, Row, rollout_lines  # noqa: E402
+from collector.settings import InfluxSettings, RetentionSettings  # noqa: E402
 from tests.bench.national_load import PER_DAY, SCHOOLS, SchoolTemplates  # noqa: E402
 
 COMPACT_QUICKLY = """  cache-snapshot-write-cold-duration = "2s"
@@ -117,8 +126,28 @@ class Day:
         return line
 
 
-def measure(schools: int, workdir: Path) -> dict[str, tuple[int, int]]:
-    """{measurement: (points, bytes on disk)} for one day of ``schools`` schools."""
+RAW_DAYS = RetentionSettings().raw_days
+INTERVAL_S = RetentionSettings().summary_interval_s
+REGIONS = 20  # 17 regions and 3 cities
+
+
+def rollout_day(start: datetime, rng: random.Random) -> list[str]:
+    """A day of the rollout measurement: every metric, national and per region, every 5 min."""
+    lines: list[str] = []
+    for step in range(288):
+        at = start + timedelta(minutes=5 * step)
+        rows = [Row(metric, region, rng.randrange(300, 371), 370)
+                for region in (NATIONAL, *(f"Region {n}" for n in range(REGIONS)))
+                for metric in DEFINITIONS]  # fmt: skip
+        lines += rollout_lines(rows, at)
+    return lines
+
+
+Figures = dict[str, tuple[int, int, int, int]]
+
+
+def measure(schools: int, workdir: Path) -> Figures:
+    """{measurement: (raw points, raw bytes, summary points, summary bytes)} for one day."""
     influx = QuicklyCompacted(workdir, free_port(), free_port())
     influx.start()
     try:
@@ -137,17 +166,49 @@ def measure(schools: int, workdir: Path) -> dict[str, tuple[int, int]]:
             writer.ensure_database()
             for first in range(0, len(lines), 5000):
                 writer.write(lines[first : first + 5000])
-        print("  written; waiting for InfluxDB to compact ...", file=sys.stderr)
+        summaries = {s.source: s for s in retention.SUMMARIES}
+        summarised: dict[str, int] = {}
+        for measurement in by_measurement:
+            if measurement in summaries:
+                summarised[measurement] = _summarise(influx.url, measurement, start)
+        rollout = rollout_day(start, rng)
+        settings = InfluxSettings(url=influx.url, database="rollout")
+        make_writer(settings).ensure_database()
+        make_history_writer(settings).write(rollout)
+        print("  written and summarised; waiting for InfluxDB to compact ...", file=sys.stderr)
         data = workdir / "influxdb" / "data"
         wal = workdir / "influxdb" / "wal"
-        _wait_compacted(data, wal, list(by_measurement))
+        databases = [*by_measurement, "rollout"]
+        _wait_compacted(data, wal, databases)
         # The data itself; the series index is a fixed, preallocated file per database.
-        return {
-            name: (len(lines), sum(f.stat().st_size for f in (data / name).rglob("*.tsm")))
+        found = {
+            name: (len(lines), _tsm(data / name / "autogen"), summarised.get(name, 0),
+                   _tsm(data / name / "history"))
             for name, lines in sorted(by_measurement.items())
-        }
+        }  # fmt: skip
+        found["rollout"] = (0, 0, len(rollout), _tsm(data / "rollout" / "history"))
+        return found
     finally:
         influx.stop()
+
+
+def _summarise(url: str, measurement: str, start: datetime) -> int:
+    """The day's summary points, made as the continuous query makes them."""
+    client = InfluxQL(InfluxSettings(url=url, database=measurement))
+    plan = retention.Plan(measurement, RAW_DAYS, 0, INTERVAL_S)
+    since = ns(start)
+    until = ns(start + timedelta(days=1, seconds=300))
+    written = 0
+    for summary in retention.SUMMARIES:
+        if summary.source == measurement:
+            for series in client.query(plan.backfill(summary, "autogen", since, until)):
+                written += sum(int(row[1]) for row in series.values)
+    client.close()
+    return written
+
+
+def _tsm(policy_dir: Path) -> int:
+    return sum(f.stat().st_size for f in policy_dir.rglob("*.tsm"))
 
 
 def _size(path: Path) -> int:
@@ -159,9 +220,10 @@ def _wait_compacted(data: Path, wal: Path, databases: list[str], timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         wal_bytes = sum(_size(wal / name) for name in databases)
-        shards = [d for name in databases for d in (data / name).glob("autogen/*") if d.is_dir()]
+        shards = [d for name in databases for d in (data / name).glob("*/*") if d.is_dir()]
         tsm = [list(shard.glob("*.tsm")) for shard in shards]
-        if wal_bytes == 0 and shards and all(len(files) == 1 for files in tsm):
+        # a shard directory may be empty (a policy's shard that got no points)
+        if wal_bytes == 0 and any(tsm) and all(len(files) <= 1 for files in tsm):
             time.sleep(5)  # tombstones and temporary files are gone by then
             return
         time.sleep(2)
@@ -171,36 +233,47 @@ def _wait_compacted(data: Path, wal: Path, databases: list[str], timeout: float 
     )
 
 
-def table(figures: dict[str, tuple[int, int]], schools: int) -> str:
+def table(figures: Figures, schools: int) -> str:
     lines = [
         (
-            f"One day at default settings, {schools} schools of 10 devices "
-            "(InfluxDB 1.x, fully compacted)"
+            f"One day at default settings, {schools} schools of 10 devices, and its summaries "
+            f"per {INTERVAL_S} s (InfluxDB 1.x, fully compacted)"
         ),
         "",
         (
-            "| measurement | points/school/day | bytes/school/day | bytes/point | "
-            f"a year of {SCHOOLS:,} schools |"
+            "| measurement | raw points/school/day | raw bytes/school/day | summary points/"
+            f"school/day | summary bytes/school/day | {SCHOOLS:,} schools: raw, {RAW_DAYS} days "
+            "kept | their summaries, a year |"
         ),
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    total_points = total_bytes = 0
-    for name, (points, size) in figures.items():
-        total_points += points
-        total_bytes += size
+    for name, (raw_points, raw_bytes, points, size) in figures.items():
+        shown = " (national, shared out)" if name == "rollout" else ""
+        kept = _per_school(points, name, schools)
+        kept_bytes = _per_school(size, name, schools)
         lines.append(
-            f"| `{name}` | {points / schools:,.0f} | {size / schools:,.0f} | "
-            f"{size / points:.1f} | {_year(size / schools)} |"
+            f"| `{name}`{shown} | {raw_points / schools:,.0f} | {raw_bytes / schools:,.0f} | "
+            f"{kept:,.1f} | {kept_bytes:,.0f} | {_gb(raw_bytes / schools * RAW_DAYS)} | "
+            f"{_gb(kept_bytes * 365)} |"
         )
+    raw_points = sum(c[0] for c in figures.values())
+    raw_bytes = sum(c[1] for c in figures.values())
+    all_kept = sum((_per_school(c[2], n, schools) for n, c in figures.items()), 0.0)
+    all_bytes = sum((_per_school(c[3], n, schools) for n, c in figures.items()), 0.0)
     lines.append(
-        f"| all | {total_points / schools:,.0f} | {total_bytes / schools:,.0f} | "
-        f"{total_bytes / total_points:.1f} | {_year(total_bytes / schools)} |"
+        f"| all | {raw_points / schools:,.0f} | {raw_bytes / schools:,.0f} | {all_kept:,.1f} | "
+        f"{all_bytes:,.0f} | {_gb(raw_bytes / schools * RAW_DAYS)} | {_gb(all_bytes * 365)} |"
     )
     return "\n".join(lines)
 
 
-def _year(per_school_day: float) -> str:
-    return f"{per_school_day * SCHOOLS * 365 / 1e9:,.1f} GB"
+def _per_school(amount: float, name: str, schools: int) -> float:
+    """Per school per day; the national rollout measurement shared out among the country's."""
+    return amount / SCHOOLS if name == "rollout" else amount / schools
+
+
+def _gb(per_school: float) -> str:
+    return f"{per_school * SCHOOLS / 1e9:,.1f} GB"
 
 
 def main() -> int:
