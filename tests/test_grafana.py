@@ -59,6 +59,8 @@ def stored(fleet: Fleet, database: Influx) -> Iterator[InfluxQL]:
             encode("collector", tags, {"received": 700, "write_retries": 2,
                    "device_report_gaps": 0, "agent_restarts": 1, "lag_p50_ms": 310.0,
                    "lag_p99_ms": 900.0}, ns(NOW - timedelta(hours=1))),
+            encode("collector", tags, {"received": 760, "lag_p50_ms": 280.0, "lag_p99_ms": 640.0},
+                   ns(datetime.now(UTC) - timedelta(minutes=1))),  # in the lag alert's window
             encode("collector_rejections", tags | {"reason": "invalid_json"}, {"count": 1},
                    ns(NOW - timedelta(hours=3))),
             encode("collector_rejections", tags | {"reason": "invalid_json"}, {"count": 4},
@@ -253,3 +255,23 @@ def test_the_agent_offline_alert_fires_for_lost_agents(fleet: Fleet, stored: Inf
     firing = {tags["school_id"] for tags, v in online.values() if v < 1}
     assert firing == {r.school.school_id for r in fleet.records if r.agent_lost}
 
+
+def test_the_lag_alert_fires_for_a_collector_falling_behind(
+    stored: InfluxQL, database: Influx
+) -> None:
+    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
+    moment = datetime.now(UTC) - timedelta(seconds=30)
+    writer.write(
+        [
+            encode("collector", {"collector_id": cid}, {"received": 1, "lag_p99_ms": lag}, ns(at))
+            for cid, lag, at in (
+                ("behind", 95_000.0, moment),
+                ("keeping-up", 700.0, moment),
+                ("was-behind", 300_000.0, moment - timedelta(minutes=20)),  # before the window
+            )
+        ]
+    )
+    lag = _alert_values(stored, "collector-lagging", "A")
+    firing = {tags["collector_id"] for tags, v in lag.values() if v > 60_000}
+    assert firing == {"behind"}
+    assert "keeping-up" in {tags["collector_id"] for tags, _ in lag.values()}
