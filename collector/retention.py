@@ -33,6 +33,8 @@ from collector.settings import CollectorSettings
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
+# More schools late in one interval than this: summarise the interval whole.
+WHOLE_INTERVAL_SCHOOLS = 50
 
 
 @dataclass(frozen=True)
@@ -282,21 +284,40 @@ class LateHours:
         self._ql.close()
 
     def once(self) -> int:
-        """Backfill every noted interval; return how many. Failed ones stay noted."""
+        """Backfill every noted interval; return the school-intervals done.
+
+        An interval late for many schools at once (the collector itself was
+        away, and the broker kept the messages) is summarised whole, in one
+        statement per summary, rather than school by school. What fails stays
+        noted for the next round.
+        """
         with self._lock:
-            pending, self._pending = sorted(self._pending), set()
+            pending, self._pending = self._pending, set()
+        by_start: dict[int, set[str]] = {}
+        for school_id, start in pending:
+            by_start.setdefault(start, set()).add(school_id)
         done = 0
-        for number, (school_id, start) in enumerate(pending):
+        for start in sorted(by_start):
+            schools = by_start[start]
             since = datetime.fromtimestamp(start / NS, UTC)
             until = datetime.fromtimestamp((start + self._step_ns) / NS, UTC)
+            batches: list[str | None] = [None]  # None: every school at once
+            if len(schools) <= WHOLE_INTERVAL_SCHOOLS:
+                batches = [one for one in sorted(schools)]  # noqa: C416 - typed as the list
             try:
-                backfill(self._ql, self._plan, since, until, school_id)
+                for one in batches:
+                    backfill(self._ql, self._plan, since, until, one)
+                    done += len(schools) if one is None else 1
+                    schools.discard(one or "")
             except InfluxError as exc:
                 log.warning("late points not summarised yet (%s); trying again", exc)
                 with self._lock:
-                    self._pending.update(pending[number:])
+                    self._pending.update(
+                        (sid, when) for when, sids in by_start.items() if when >= start
+                        for sid in sids
+                    )  # fmt: skip
                 break
-            done += 1
+            by_start[start] = set()
         self.backfilled += done
         return done
 

@@ -212,3 +212,23 @@ def test_points_stored_late_are_summarised_by_the_collector(
     weighted = sum(row["tests"] * row["download_mbps"] for row in rows) / 3
     assert weighted == pytest.approx(mean(r.download_mbps or 0 for r in reports))
     assert "late school-interval" in collector.log_file.read_text()
+
+
+@pytest.mark.parametrize("schools", [3, retention.WHOLE_INTERVAL_SCHOOLS + 10])
+def test_late_intervals_are_summarised_per_school_or_whole(database: Influx, schools: int) -> None:
+    settings = InfluxSettings(url=database.url, database=database.database)
+    plan = retention.Plan(database.database, 90, 0, HOUR)
+    hour = (datetime.now(UTC) - timedelta(hours=5)).replace(minute=0, second=0, microsecond=0)
+    at = hour + timedelta(minutes=20)
+    ids = [f"S-LATE-{n:03d}" for n in range(schools)]
+    V1Writer(settings).write([_device_line(sid, "pb-1", at, 1, 5.0) for sid in ids])
+    late = retention.LateHours(plan, database.client)
+    for sid in ids:
+        late.note(sid, ns(at), time.time_ns())
+    late.note("S-ON-TIME", ns(datetime.now(UTC)), time.time_ns())  # its hour's query is to come
+
+    assert late.once() == schools
+    rows = database.rows('SELECT * FROM "history"."device_summary"')
+    assert sorted(row["school_id"] for row in rows) == ids
+    assert {datetime.fromisoformat(row["time"]) for row in rows} == {hour}
+    assert late.once() == 0  # nothing noted twice
