@@ -2,9 +2,9 @@
 
 Two retention policies in the collector's database (InfluxDB 1.x):
 
-- the database's **default** policy (``autogen``) holds the raw points the
-  collector writes, for ``retention.raw_days``. InfluxDB drops them a shard
-  (one day) at a time.
+- the database's **default** policy (``autogen``), or ``influx.retention_policy``
+  when set, holds the raw points the collector writes, for ``retention.raw_days``.
+  InfluxDB drops them a shard (one day) at a time.
 - **``history``** holds, for ``retention.history_days`` (0: for ever), what must
   outlive the raw points: the school registry (``school``, ``registry_import``),
   the ``rollout`` percentages, and a summary per ``retention.summary_interval_s``
@@ -131,12 +131,17 @@ class Plan:
     raw_days: int
     history_days: int
     summary_interval_s: int
+    raw_policy: str | None = None  # influx.retention_policy; None: the database's default
 
     @classmethod
     def of(cls, settings: CollectorSettings) -> Plan:
         kept = settings.retention
         return cls(settings.influx.database, kept.raw_days, kept.history_days,
-                   kept.summary_interval_s)  # fmt: skip
+                   kept.summary_interval_s, settings.influx.retention_policy)  # fmt: skip
+
+    def raw(self, ql: InfluxQL) -> str:
+        """The policy the collector writes raw points to."""
+        return self.raw_policy or default_policy(ql, self.database)
 
     def history_duration(self) -> str:
         return "INF" if self.history_days == 0 else f"{self.history_days}d"
@@ -198,12 +203,12 @@ def default_policy(ql: InfluxQL, database: str) -> str:
 def apply(ql: InfluxQL, plan: Plan) -> list[str]:
     """Make the database match the plan; return the statements run (for people)."""
     ensure_history_policy(ql, plan.database)
-    raw = default_policy(ql, plan.database)
+    raw = plan.raw(ql)
     db = _ident(plan.database)
     statements = [
         (
             f"ALTER RETENTION POLICY {_ident(raw)} ON {db} DURATION {plan.raw_days}d "
-            "SHARD DURATION 1d DEFAULT"
+            f"SHARD DURATION 1d{'' if plan.raw_policy else ' DEFAULT'}"
         ),
         (
             f'ALTER RETENTION POLICY "{HISTORY}" ON {db} DURATION {plan.history_duration()} '
@@ -233,7 +238,7 @@ def backfill(ql: InfluxQL, plan: Plan, since: datetime, until: datetime,
     ``since`` is rounded down and ``until`` up to whole intervals, so each
     interval is summarised whole, exactly as the continuous query does.
     """
-    raw = default_policy(ql, plan.database)
+    raw = plan.raw(ql)
     step = plan.summary_interval_s * NS
     since_ns = ns(since) // step * step
     until_ns = -(-ns(until) // step) * step

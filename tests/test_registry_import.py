@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from localstack import Mosquitto, Process
@@ -13,7 +11,7 @@ from collector.influx.query import InfluxQL
 from collector.registry_store import load_registry
 from collector.settings import InfluxSettings
 from tests.support.publishing import SchoolPublisher
-from tests.support.services import Influx, command_env, wait_for
+from tests.support.services import Influx, collector_cli, command_env, wait_for
 
 HEADER = (
     "school_id,name,region,district,area,latitude,longitude,students,staff,devices,"
@@ -26,21 +24,10 @@ GOOD = HEADER + (
 )
 
 
-def _cli(database: Influx, *args: str) -> subprocess.CompletedProcess[str]:
-    env = command_env(
-        SCHOOL_COLLECTOR_INFLUX__URL=database.url,
-        SCHOOL_COLLECTOR_INFLUX__DATABASE=database.database,
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
-
-
 def test_a_registry_is_imported_and_read_back_whole(database: Influx, tmp_path: Path) -> None:
     path = tmp_path / "schools.csv"
     path.write_text(GOOD)
-    result = _cli(database, "registry", "import", str(path))
+    result = collector_cli(database, "registry", "import", str(path))
     assert result.returncode == 0, result.stderr
     assert "imported 3 schools in 2 regions" in result.stdout
     registry = load_registry(InfluxQL(InfluxSettings(url=database.url, database=database.database)))
@@ -54,7 +41,7 @@ def test_a_registry_is_imported_and_read_back_whole(database: Influx, tmp_path: 
     rural = registry.get("KZ-TUR-1")
     assert rural is not None
     assert (rural.devices, rural.security_contract) == (frozenset(), None)
-    shown = _cli(database, "registry", "show")
+    shown = collector_cli(database, "registry", "show")
     assert ["Almaty", "2"] in [line.split() for line in shown.stdout.splitlines()]
     assert "3 schools" in shown.stdout
 
@@ -71,7 +58,7 @@ def test_a_file_with_bad_rows_names_every_line_and_imports_nothing(
         + "KZ-X-3,x,Almaty,,,,,,,smoke_alarm,\n"  # line 8
         + "KZ-ALM-1,again,Almaty,,,,,,,,\n"  # line 9
     )
-    result = _cli(database, "registry", "import", str(path))
+    result = collector_cli(database, "registry", "import", str(path))
     assert result.returncode == 2
     for line in ("line 5:", "line 6: area", "line 7: latitude", "line 8: devices", "line 9:"):
         assert line in result.stderr
@@ -82,9 +69,9 @@ def test_a_file_with_bad_rows_names_every_line_and_imports_nothing(
 def test_the_newest_import_is_the_registry(database: Influx, tmp_path: Path) -> None:
     path = tmp_path / "schools.csv"
     path.write_text(GOOD)
-    assert _cli(database, "registry", "import", str(path)).returncode == 0
+    assert collector_cli(database, "registry", "import", str(path)).returncode == 0
     path.write_text(GOOD.rsplit("\n", 2)[0] + "\n")  # the rural school closed
-    assert _cli(database, "registry", "import", str(path)).returncode == 0
+    assert collector_cli(database, "registry", "import", str(path)).returncode == 0
     registry = load_registry(InfluxQL(InfluxSettings(url=database.url, database=database.database)))
     assert registry is not None
     assert [school.school_id for school in registry] == ["KZ-ALM-1", "KZ-ALM-2"]
@@ -99,7 +86,7 @@ def test_the_collector_tags_by_region_and_rejects_unregistered_schools(
 ) -> None:
     path = tmp_path / "schools.csv"
     path.write_text(GOOD)
-    assert _cli(database, "registry", "import", str(path)).returncode == 0
+    assert collector_cli(database, "registry", "import", str(path)).returncode == 0
     from tests.conftest import start_collector  # noqa: PLC0415
     from tests.support.services import collector_process  # noqa: PLC0415
 

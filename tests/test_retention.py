@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,23 +20,9 @@ from collector.rollout import rollout
 from collector.settings import CollectorSettings, InfluxSettings, RetentionSettings
 from tests.conftest import start_collector
 from tests.support.publishing import SchoolPublisher
-from tests.support.services import Influx, collector_process, command_env, wait_for
+from tests.support.services import Influx, collector_cli, collector_process, command_env, wait_for
 
 HOUR = 3600
-
-
-def _collector_cli(
-    *args: str, database: Influx, **settings: str
-) -> subprocess.CompletedProcess[str]:
-    env = command_env(
-        SCHOOL_COLLECTOR_INFLUX__URL=database.url,
-        SCHOOL_COLLECTOR_INFLUX__DATABASE=database.database,
-        **settings,
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
 
 
 def _device_line(school: str, device: str, at: datetime, up: int, response_ms: float) -> str:
@@ -50,8 +34,9 @@ def _device_line(school: str, device: str, at: datetime, up: int, response_ms: f
 
 
 def test_apply_sets_both_policies_and_a_continuous_query_per_summary(database: Influx) -> None:
-    done = _collector_cli("retention", "apply", database=database,
-                          SCHOOL_COLLECTOR_RETENTION__HISTORY_DAYS="400")  # fmt: skip
+    done = collector_cli(
+        database, "retention", "apply", SCHOOL_COLLECTOR_RETENTION__HISTORY_DAYS="400"
+    )
     assert done.returncode == 0, done.stderr
     policies = {p.name: p for p in retention.policies(database.client, database.database)}
     assert policies["autogen"].duration == "2160h0m0s"  # 90 days
@@ -68,13 +53,14 @@ def test_apply_sets_both_policies_and_a_continuous_query_per_summary(database: I
     first = queries()
     assert set(first) == {f"{s.target}_cq" for s in retention.SUMMARIES}
     assert all("GROUP BY time(1h)" in q for q in first.values())
-    again = _collector_cli("retention", "apply", database=database,
-                           SCHOOL_COLLECTOR_RETENTION__SUMMARY_INTERVAL_S="600")  # fmt: skip
+    again = collector_cli(
+        database, "retention", "apply", SCHOOL_COLLECTOR_RETENTION__SUMMARY_INTERVAL_S="600"
+    )
     assert again.returncode == 0, again.stderr
     second = queries()
     assert set(second) == set(first)  # replaced, not added
     assert all("GROUP BY time(10m)" in q for q in second.values())
-    shown = _collector_cli("retention", "show", database=database)
+    shown = collector_cli(database, "retention", "show")
     assert "history" in shown.stdout
     assert "device_summary_cq" in shown.stdout
 
@@ -133,9 +119,10 @@ def test_backfill_summarises_old_points_once(database: Influx) -> None:
     ]
     writer.write(lines)
     for _ in range(2):  # twice: the same points, not twice as many
-        done = _collector_cli(
-            "retention", "backfill", "--since", (start + timedelta(minutes=30)).isoformat(),
-            "--until", (start + timedelta(hours=2, minutes=10)).isoformat(), database=database,
+        done = collector_cli(
+            database, "retention", "backfill",
+            "--since", (start + timedelta(minutes=30)).isoformat(),
+            "--until", (start + timedelta(hours=2, minutes=10)).isoformat(),
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert "summary points written" in done.stdout
@@ -155,7 +142,7 @@ def test_the_registry_and_rollout_live_in_history(database: Influx, tmp_path: Pa
     fleet = generate(60, now=datetime.now(UTC), seed=3, tests_per_day=1.0)
     registry_csv = tmp_path / "registry.csv"
     registry_csv.write_text(fleet.registry_csv())
-    done = _collector_cli("registry", "import", str(registry_csv), database=database)
+    done = collector_cli(database, "registry", "import", str(registry_csv))
     assert done.returncode == 0, done.stderr
     assert database.rows('SELECT count("name") FROM "history"."school"')[0]["count"] == 60
     assert database.rows('SELECT count("name") FROM "autogen"."school"') == []
@@ -232,3 +219,17 @@ def test_late_intervals_are_summarised_per_school_or_whole(database: Influx, sch
     assert sorted(row["school_id"] for row in rows) == ids
     assert {datetime.fromisoformat(row["time"]) for row in rows} == {hour}
     assert late.once() == 0  # nothing noted twice
+
+
+def test_a_named_raw_policy_is_the_one_limited_and_summarised(database: Influx) -> None:
+    database.client.query(f'CREATE RETENTION POLICY "raw" ON "{database.database}" DURATION INF '
+                          "REPLICATION 1")  # fmt: skip
+    done = collector_cli(
+        database, "retention", "apply", SCHOOL_COLLECTOR_INFLUX__RETENTION_POLICY="raw"
+    )
+    assert done.returncode == 0, done.stderr
+    policies = {p.name: p for p in retention.policies(database.client, database.database)}
+    assert policies["raw"].duration == "2160h0m0s"
+    assert policies["autogen"].duration == "0s"  # left alone, and still the default
+    assert policies["autogen"].default
+    assert f'FROM "{database.database}"."raw"."device" GROUP BY' in done.stdout

@@ -86,6 +86,21 @@ class Influx:
         return int(rows[0]["count"]) if rows else 0
 
 
+def collector_cli(
+    database: Influx, *args: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """``school-collector ARGS`` on ``database``, plus ``SCHOOL_COLLECTOR_*`` ``settings``."""
+    env = command_env(
+        SCHOOL_COLLECTOR_INFLUX__URL=database.url,
+        SCHOOL_COLLECTOR_INFLUX__DATABASE=database.database,
+        **settings,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "collector", *args],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+
+
 class TopicListener:
     """Subscribes a topic (wildcards allowed) on a real broker and keeps what arrives."""
 
