@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +309,14 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
     from collector.influx.query import InfluxQL  # noqa: PLC0415
     from collector.rollout import NATIONAL, rollout  # noqa: PLC0415
 
+    if args.at is not None:
+        kept = timedelta(days=settings.retention.raw_days - settings.rollout.speed_window_days)
+        if datetime.now(UTC) - args.at > kept:
+            where = 'SELECT last("percent") FROM "history"."rollout" WHERE time <= \'TIME\''
+            print(f"school-collector: raw points are kept {settings.retention.raw_days} days "
+                  "(retention.raw_days), so the facts before --at are partly gone and these "
+                  "percentages undercount; what they were then is in the rollout measurement: "
+                  f'{where} GROUP BY "metric", "region"', file=sys.stderr)  # fmt: skip
     client = InfluxQL(settings.influx)
     try:
         rows = rollout(client, args.at, settings.rollout.rules())

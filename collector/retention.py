@@ -169,13 +169,6 @@ class Plan:
         )
 
 
-def ensure_history_policy(ql: InfluxQL, database: str) -> None:
-    """Create the ``history`` policy if it is missing (for ever; ``apply`` sets its length)."""
-    if HISTORY not in {p.name for p in policies(ql, database)}:
-        ql.query(f'CREATE RETENTION POLICY "{HISTORY}" ON {_ident(database)} DURATION INF '
-                 "REPLICATION 1")  # fmt: skip
-
-
 @dataclass(frozen=True)
 class Policy:
     name: str
@@ -201,8 +194,11 @@ def default_policy(ql: InfluxQL, database: str) -> str:
 
 
 def apply(ql: InfluxQL, plan: Plan) -> list[str]:
-    """Make the database match the plan; return the statements run (for people)."""
-    ensure_history_policy(ql, plan.database)
+    """Make the database match the plan; return the statements run (for people).
+
+    The database and its ``history`` policy exist already: the writer's
+    ``ensure_database`` creates both.
+    """
     raw = plan.raw(ql)
     db = _ident(plan.database)
     statements = [
@@ -267,7 +263,6 @@ class LateHours:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="late-hours", daemon=True)
-        self.backfilled = 0
 
     def note(self, school_id: str, measured_ns: int, stored_ns: int) -> None:
         """A point of ``school_id`` at ``measured_ns`` was written at ``stored_ns``."""
@@ -323,7 +318,6 @@ class LateHours:
                     )  # fmt: skip
                 break
             by_start[start] = set()
-        self.backfilled += done
         return done
 
     def _run(self) -> None:

@@ -34,7 +34,12 @@ def prepare_database(settings: CollectorSettings, writer: InfluxWriter) -> bool:
             finally:
                 client.close()
     except InfluxError as exc:
-        log.warning("could not prepare the database yet (%s); writes will retry", exc)
+        log.warning(
+            "could not prepare the database and its retention plan yet (%s); trying again "
+            "every minute. If InfluxDB refuses, give influx.username admin rights or have an "
+            "administrator run `school-collector retention apply`",
+            exc,
+        )
         return False
     return True
 

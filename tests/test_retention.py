@@ -233,3 +233,14 @@ def test_a_named_raw_policy_is_the_one_limited_and_summarised(database: Influx) 
     assert policies["autogen"].duration == "0s"  # left alone, and still the default
     assert policies["autogen"].default
     assert f'FROM "{database.database}"."raw"."device" GROUP BY' in done.stdout
+
+
+def test_rollout_at_a_moment_older_than_raw_points_says_where_to_look(database: Influx) -> None:
+    long_ago = (datetime.now(UTC) - timedelta(days=100)).isoformat()
+    done = collector_cli(database, "rollout", "--at", long_ago)
+    assert "retention.raw_days" in done.stderr
+    assert '"history"."rollout"' in done.stderr
+    recent = collector_cli(
+        database, "rollout", "--at", (datetime.now(UTC) - timedelta(days=30)).isoformat()
+    )
+    assert "retention.raw_days" not in recent.stderr
