@@ -6,6 +6,7 @@ is 0 when nothing failed (warnings allowed), 1 otherwise.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
@@ -112,7 +113,12 @@ def _dns(host: str) -> Finding:
 
 
 def _broker(settings: AgentSettings) -> Finding:
-    client, address = new_client("school-agent-doctor", settings.mqtt)
+    """Connect as the doctor, never in the running agent's session (it would be dropped)."""
+    mqtt = settings.mqtt
+    if mqtt.doctor_username is not None:
+        mqtt = mqtt.model_copy(update={"username": mqtt.doctor_username})
+    school = settings.school_id or "unknown"
+    client, address = new_client(f"doctor-{school}-{secrets.token_hex(4)}", mqtt)
     watch = ConnectionWatch(client, address)
     try:
         connect(client, address, keepalive=settings.mqtt.keepalive_s)

@@ -46,6 +46,9 @@ TopicRoot = Annotated[str, AfterValidator(check_topic_root)]
 class AgentMqttSettings(BrokerSettings):
     topic_root: TopicRoot = DEFAULT_TOPIC_ROOT
     ack_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # The account `doctor` connects with (same password): the broker binds each
+    # account to one session, so the doctor must not use the agent's own.
+    doctor_username: str | None = None
 
 
 def _speed_server_url(value: str) -> str:

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         metavar="DIR",
-        help="where to write mosquitto/passwords, collector/ and schools/",
+        help="where to write mosquitto/passwords and acl, collector/ and schools/",
     )
     provision.add_argument(
         "--broker-url",
@@ -178,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SCHOOL_ID",
         help="issue a new password for this school (repeatable)",
+    )
+    provision.add_argument(
+        "--collector",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a collector's account, also its client id (repeatable: one per collector sharing "
+        "a subscription; default: school-collector). Writes collector/NAME.toml",
+    )
+    provision.add_argument(
+        "--topic-root",
+        default="schools",
+        help="the collectors' mqtt.topic_root, for the ACL (default: %(default)s)",
+    )
+    provision.add_argument(
+        "--dead-letter-topic",
+        default="school-monitor/dead-letter",
+        help="the collectors' mqtt.dead_letter_topic, for the ACL (default: %(default)s)",
     )
     return parser
 
@@ -352,7 +370,7 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from collector.provision import provision  # noqa: PLC0415
+    from collector.provision import COLLECTOR_USER, Topics, provision  # noqa: PLC0415
     from collector.registry import RegistryError, SchoolRegistry  # noqa: PLC0415
 
     if not args.ca_file.is_file():
@@ -367,6 +385,8 @@ def _provision(args: argparse.Namespace) -> int:
             ca_file=args.ca_file,
             bundle_ca_path=args.bundle_ca_path,
             rotate=frozenset(args.rotate),
+            collectors=tuple(args.collector) or (COLLECTOR_USER,),
+            topics=Topics(args.topic_root, args.dead_letter_topic),
         )
     except (RegistryError, ValueError, OSError) as exc:
         print(f"school-collector: {exc}", file=sys.stderr)
@@ -374,9 +394,12 @@ def _provision(args: argparse.Namespace) -> int:
     print(f"{len(registry)} schools: {summary}")
     for school_id in summary.revoked:
         print(f"revoked: {school_id} (no longer in the registry)")
+    mosquitto = args.out / "mosquitto"
     print(
-        f"install {args.out / 'mosquitto' / 'passwords'} as the broker's password_file; "
-        f"give each school its {args.out / 'schools'}/<id>/ bundle"
+        f"install {mosquitto / 'passwords'} and {mosquitto / 'acl'} as the broker's "
+        "password_file and acl_file, then `systemctl reload mosquitto` (revoked and rotated "
+        f"accounts are disconnected at once); give each school its {args.out / 'schools'}/<id>/ "
+        f"bundle and each collector its {args.out / 'collector'}/<name>.toml"
     )
     return 0
 

@@ -1,14 +1,22 @@
-"""``school-collector provision``: the registry as broker accounts and agent bundles.
+"""``school-collector provision``: the registry as broker accounts, ACL and agent bundles.
 
-For every school in the registry: a strong generated password, an entry in
+For every school in the registry: a strong generated password, two entries in
 Mosquitto's password file (PBKDF2-SHA512, the ``$7$`` format of
-``mosquitto_passwd``; username = school id), and a bundle to install on the
-school's PC: ``schools/<id>/agent.toml`` (school id, broker URL, credentials,
-CA path) and ``schools/<id>/ca.pem``. The collector gets an account of its own.
+``mosquitto_passwd``): the agent's account (username = school id) and the
+doctor's (``<school id>.doctor``, same password, no rights), and a bundle to
+install on the school's PC: ``schools/<id>/agent.toml`` (school id, broker URL,
+credentials, CA path) and ``schools/<id>/ca.pem``. Every collector gets an
+account of its own (``collector/<name>.toml``). ``mosquitto/acl`` gives each
+school's account write access to its own subtree only, and each collector read
+access to every school and write access to the dead-letter topic.
+
+The broker binds client ids to accounts (``use_username_as_clientid`` in
+deploy/mosquitto/secure.conf): an account's session is its username's, so no
+account can take over another's session, whatever client id it asks for.
 
 Secrets are written with mode 0600 and never printed. Running it again changes
 nothing (no file is rewritten); ``--rotate ID`` issues a new password for one
-school; a school that left the registry loses its account and its bundle.
+school; a school that left the registry loses its accounts and its bundle.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import shutil
 import tomllib
@@ -28,6 +37,15 @@ from collector.registry import SchoolRegistry
 
 ITERATIONS = 101  # mosquitto_passwd's default for $7$
 COLLECTOR_USER = "school-collector"
+DOCTOR_SUFFIX = ".doctor"  # a school id never contains a dot, so no school can be named so
+DEFAULT_TOPIC_ROOT = "schools"
+DEFAULT_DEAD_LETTER_TOPIC = "school-monitor/dead-letter"
+_COLLECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def doctor_username(school_id: str) -> str:
+    """The account ``school-agent doctor`` uses: it may connect, and do nothing else."""
+    return school_id + DOCTOR_SUFFIX
 
 
 @dataclass
@@ -44,6 +62,14 @@ class Summary:
             f"{len(self.unchanged)} unchanged, {len(self.revoked)} revoked; "
             f"{self.files_written} file(s) written"
         )
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics the ACL is written for: the collectors' ``mqtt.topic_root`` and dead letters."""
+
+    root: str = DEFAULT_TOPIC_ROOT
+    dead_letter: str = DEFAULT_DEAD_LETTER_TOPIC
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -66,6 +92,27 @@ def verify_password(password: str, hashed: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
+class _Accounts:
+    """The password file being rebuilt: an existing hash is kept while its password verifies."""
+
+    def __init__(self, existing: dict[str, str]) -> None:
+        self.existing = existing
+        self.entries: dict[str, str] = {}
+
+    def keep_or_issue(self, users: tuple[str, ...], password: str | None, *, fresh: bool) -> str:
+        """The password of ``users`` (one secret for them all); a new one when it must change."""
+        if fresh or password is None:
+            password = secrets.token_urlsafe(32)
+        for user in users:
+            current = self.existing.get(user, "")
+            keep = not fresh and verify_password(password, current)
+            self.entries[user] = current if keep else hash_password(password)
+        return password
+
+    def verifies(self, user: str, password: str | None) -> bool:
+        return password is not None and verify_password(password, self.existing.get(user, ""))
+
+
 def provision(
     registry: SchoolRegistry,
     out: Path,
@@ -74,52 +121,102 @@ def provision(
     ca_file: Path,
     bundle_ca_path: str = "/etc/school-agent/ca.pem",
     rotate: frozenset[str] = frozenset(),
+    collectors: tuple[str, ...] = (COLLECTOR_USER,),
+    topics: Topics = Topics(),
 ) -> Summary:
     BrokerAddress.parse(broker_url)  # raises ValueError on a bad URL
-    unknown = rotate - {school.school_id for school in registry}
+    school_ids = {school.school_id for school in registry}
+    unknown = rotate - school_ids
     if unknown:
         raise ValueError(f"cannot rotate {', '.join(sorted(unknown))}: not in the registry")
+    _check_collectors(collectors, school_ids)
     summary = Summary()
-    entries = _read_password_file(out / "mosquitto" / "passwords")
+    accounts = _Accounts(_read_password_file(out / "mosquitto" / "passwords"))
     ca = ca_file.read_bytes()
-    new_entries: dict[str, str] = {}
 
-    collector_file = out / "collector" / "credentials.toml"
-    password = _existing_password(collector_file)
-    if password is None or not verify_password(password, entries.get(COLLECTOR_USER, "")):
-        password = secrets.token_urlsafe(32)
-        new_entries[COLLECTOR_USER] = hash_password(password)
-    else:
-        new_entries[COLLECTOR_USER] = entries[COLLECTOR_USER]
-    summary.files_written += _write(
-        collector_file,
-        f'# school-collector credentials for the broker\n[mqtt]\nusername = "{COLLECTOR_USER}"\n'
-        f'password = "{password}"\n',
-        secret=True,
-    )
+    for name in collectors:
+        path = out / "collector" / f"{name}.toml"
+        old = _existing_password(path)
+        if old is None and name == COLLECTOR_USER:  # issued before collectors had their names
+            old = _existing_password(out / "collector" / "credentials.toml")
+        fresh = not accounts.verifies(name, old)
+        password = accounts.keep_or_issue((name,), old, fresh=fresh)
+        summary.files_written += _write(path, _collector_toml(name, password), secret=True)
 
     for school in registry:
         bundle = out / "schools" / school.school_id
-        password = _existing_password(bundle / "agent.toml")
-        current = entries.get(school.school_id, "")
-        if school.school_id in rotate or password is None or not verify_password(password, current):
-            (summary.rotated if password is not None else summary.created).append(school.school_id)
-            password = secrets.token_urlsafe(32)
-            new_entries[school.school_id] = hash_password(password)
-        else:
+        old = _existing_password(bundle / "agent.toml")
+        users = (school.school_id, doctor_username(school.school_id))
+        # The doctor's entry follows the school's password (an older issue had none).
+        fresh = school.school_id in rotate or not accounts.verifies(school.school_id, old)
+        if not fresh:
             summary.unchanged.append(school.school_id)
-            new_entries[school.school_id] = current
+        else:
+            (summary.rotated if old is not None else summary.created).append(school.school_id)
+        password = accounts.keep_or_issue(users, old, fresh=fresh)
         summary.files_written += _write(
             bundle / "agent.toml", _agent_toml(school.school_id, broker_url, password,
                                                bundle_ca_path), secret=True)  # fmt: skip
         summary.files_written += _write_bytes(bundle / "ca.pem", ca)
 
-    for gone in sorted(set(entries) - set(new_entries)):
-        summary.revoked.append(gone)
-        shutil.rmtree(out / "schools" / gone, ignore_errors=True)
-    text = "".join(f"{user}:{hashed}\n" for user, hashed in sorted(new_entries.items()))
+    for gone in sorted(set(accounts.existing) - set(accounts.entries)):
+        if not gone.endswith(DOCTOR_SUFFIX):
+            summary.revoked.append(gone)
+            shutil.rmtree(out / "schools" / gone, ignore_errors=True)
+        (out / "collector" / f"{gone}.toml").unlink(missing_ok=True)
+    (out / "collector" / "credentials.toml").unlink(missing_ok=True)
+    text = "".join(f"{user}:{hashed}\n" for user, hashed in sorted(accounts.entries.items()))
     summary.files_written += _write(out / "mosquitto" / "passwords", text, secret=True)
+    acl = _acl(collectors, sorted(school_ids), topics)
+    summary.files_written += _write(out / "mosquitto" / "acl", acl, secret=False)
     return summary
+
+
+def _check_collectors(collectors: tuple[str, ...], school_ids: set[str]) -> None:
+    if not collectors:
+        raise ValueError("at least one collector account is needed (--collector NAME)")
+    for name in collectors:
+        if not _COLLECTOR_NAME.match(name) or name.endswith(DOCTOR_SUFFIX):
+            raise ValueError(
+                f"collector name {name!r}: use letters, digits, '.', '-', '_' (up to 64), "
+                f"not ending in {DOCTOR_SUFFIX}"
+            )
+        if name in school_ids:
+            raise ValueError(
+                f"collector name {name!r} is also a school id in the registry; the broker "
+                "binds each account to one session, so choose another --collector name"
+            )
+    if len(set(collectors)) != len(collectors):
+        raise ValueError("a --collector name is given twice")
+
+
+def _acl(collectors: tuple[str, ...], school_ids: list[str], topics: Topics) -> str:
+    lines = [
+        "# Mosquitto ACL written by `school-collector provision`; do not edit, run it again.",
+        "# Collectors read every school and write only dead letters. Each school's account",
+        "# writes only its own subtree and reads nothing. Doctor accounts (<id>.doctor)",
+        "# have no entry: they may connect and do nothing else.",
+        "",
+    ]
+    for name in collectors:
+        lines += [
+            f"user {name}",
+            f"topic read {topics.root}/+/+",
+            f"topic write {topics.dead_letter}",
+            "",
+        ]
+    for school_id in school_ids:
+        lines += [f"user {school_id}", f"topic write {topics.root}/{school_id}/#", ""]
+    return "\n".join(lines)
+
+
+def _collector_toml(name: str, password: str) -> str:
+    return (
+        "# school-collector credentials for the broker, from `school-collector provision`:\n"
+        f"# school-collector run --config {name}.toml (or copy the [mqtt] keys).\n"
+        "# The broker binds the session to the username, so client_id must equal it.\n"
+        f'[mqtt]\nusername = "{name}"\npassword = "{password}"\nclient_id = "{name}"\n'
+    )
 
 
 def _agent_toml(school_id: str, broker_url: str, password: str, ca_path: str) -> str:
@@ -131,6 +228,7 @@ def _agent_toml(school_id: str, broker_url: str, password: str, ca_path: str) ->
         f'url = "{broker_url}"\n'
         f'username = "{school_id}"\n'
         f'password = "{password}"\n'
+        f'doctor_username = "{doctor_username(school_id)}"\n'
         f'ca_file = "{ca_path}"\n'
     )
 

@@ -1,141 +1,37 @@
-"""The shipped TLS and ACL configuration on a real Mosquitto, with provisioned accounts.
+"""The shipped TLS configuration on a real Mosquitto, with provisioned accounts and ACL.
 
-deploy/mosquitto/secure.conf and deploy/mosquitto/acl run as shipped; only the
-paths and ports are this test's own. The accounts come from
-``school-collector provision``.
+deploy/mosquitto/secure.conf runs as shipped; only the paths and ports are this
+test's own. The accounts and the ACL come from ``school-collector provision``.
 """
 
 from __future__ import annotations
 
-import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from localstack import Mosquitto, free_port, port_open
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.provision import COLLECTOR_USER
 from collector.speed_server import SpeedServer
-from tests.support.services import REPO, command_env, run_agent, unique, wait_for
+from tests.support.secure_broker import SecureBroker, connect_client, start_secure_broker
+from tests.support.services import run_agent, unique, wait_for
 
-SHIPPED = REPO / "deploy" / "mosquitto"
 SCHOOLS = ("KZ-A", "KZ-B")
-
-
-def _openssl(*argv: str) -> None:
-    subprocess.run(["openssl", *argv], check=True, capture_output=True)
-
-
-def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             f"/CN={name}", "-keyout", str(key), "-out", str(cert))  # fmt: skip
-    return cert, key
-
-
-def make_server_cert(directory: Path, ca: tuple[Path, Path]) -> tuple[Path, Path]:
-    cert, key, request = directory / "broker.crt", directory / "broker.key", directory / "b.csr"
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-             "-keyout", str(key), "-out", str(request))  # fmt: skip
-    extensions = directory / "san.ext"
-    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl(
-        "x509", "-req", "-in", str(request), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-        "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(cert),
-    )  # fmt: skip
-    return cert, key
-
-
-@dataclass
-class SecureBroker:
-    broker: Mosquitto
-    tls_port: int
-    ca: Path
-    other_ca: Path
-    issued: Path
-
-    def password(self, user: str) -> str:
-        import tomllib  # noqa: PLC0415
-
-        path = (
-            self.issued / "collector" / "credentials.toml"
-            if user == COLLECTOR_USER
-            else self.issued / "schools" / user / "agent.toml"
-        )
-        return str(tomllib.loads(path.read_text())["mqtt"]["password"])
 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    base = tmp_path_factory.mktemp("secure-broker")
-    ca = make_ca(base, "ministry-ca")
-    other_ca = make_ca(base, "other-ca")
-    cert, key = make_server_cert(base, ca)
-    registry = base / "schools.csv"
-    registry.write_text("school_id,region\n" + "".join(f"{s},Almaty\n" for s in SCHOOLS))
-    issued = base / "issued"
-    plain, tls = free_port(), free_port()
-    result = subprocess.run(
-        [sys.executable, "-m", "collector", "provision", "--registry", str(registry),
-         "--out", str(issued), "--broker-url", f"mqtts://localhost:{tls}",
-         "--ca-file", str(ca[0]), "--bundle-ca-path", str(issued / "ca-for-agents.pem")],
-        capture_output=True, text=True, env=command_env(), check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    (issued / "ca-for-agents.pem").write_bytes(ca[0].read_bytes())
-    acl = base / "acl"
-    acl.write_text((SHIPPED / "acl").read_text())
-    listeners = (
-        (SHIPPED / "secure.conf")
-        .read_text()
-        .replace("/etc/mosquitto/school-monitor/passwords", str(issued / "mosquitto" / "passwords"))
-        .replace("/etc/mosquitto/school-monitor/acl", str(acl))
-        .replace("/etc/mosquitto/certs/broker.crt", str(cert))
-        .replace("/etc/mosquitto/certs/broker.key", str(key))
-        .replace("listener 1883 127.0.0.1", f"listener {plain} 127.0.0.1")
-        .replace("listener 8883", f"listener {tls} 127.0.0.1")
-    )
-    broker = Mosquitto(base / "mosquitto", plain, listeners=listeners)
-    broker.start()
-    wait_for(lambda: port_open(tls), what="the TLS listener")
-    yield SecureBroker(broker, tls, ca[0], other_ca[0], issued)
-    broker.stop()
+    server = start_secure_broker(tmp_path_factory.mktemp("secure-broker"), list(SCHOOLS))
+    yield server
+    server.broker.stop()
 
 
-def _client(
-    secure: SecureBroker, user: str | None, password: str | None, *, tls: bool = True
-) -> tuple[paho.Client, str]:
-    """Connect; return the client and the broker's answer ("Success" or a refusal)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=unique("c-"), protocol=paho.MQTTv5)
-    if user is not None:
-        client.username_pw_set(user, password)
-    if tls:
-        client.tls_set_context(ssl.create_default_context(cafile=str(secure.ca)))
-    answer: list[str] = []
-    done = threading.Event()
-
-    def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        answer.append(str(reason))
-        done.set()
-
-    client.on_connect = on_connect
-    client.on_disconnect = lambda *_: done.set()
-    port = secure.tls_port if tls else secure.broker.port
-    try:
-        client.connect("localhost" if tls else "127.0.0.1", port)
-    except (OSError, ssl.SSLError) as exc:
-        return client, f"connect failed: {exc}"
-    client.loop_start()
-    done.wait(10)
-    return client, answer[0] if answer else "no answer"
+_client = connect_client
 
 
 def test_anonymous_and_wrong_password_clients_are_refused(secure: SecureBroker) -> None:
@@ -297,4 +193,7 @@ def test_provisioning_again_changes_nothing_and_rotation_changes_one(
     revoked = run()
     assert revoked.revoked == ["KZ-C"]
     assert not (out / "schools" / "KZ-C").exists()
-    assert "KZ-C:" not in (out / "mosquitto" / "passwords").read_text()
+    accounts = (out / "mosquitto" / "passwords").read_text()
+    assert "KZ-C:" not in accounts
+    assert "KZ-C.doctor:" not in accounts
+    assert "user KZ-C\n" not in (out / "mosquitto" / "acl").read_text()

@@ -73,7 +73,7 @@ def test_the_stacks_mosquitto_config_runs(tmp_path: Path) -> None:
     (tmp_path / "conf.d").mkdir()
     shutil.copy(REPO / "deploy" / "mosquitto" / "school-monitor.conf", tmp_path / "conf.d")
     (tmp_path / "passwords").write_text("")
-    shutil.copy(REPO / "deploy" / "mosquitto" / "acl", tmp_path / "acl")
+    (tmp_path / "acl").write_text("user school-collector\ntopic read schools/+/+\n")
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=localhost", "-keyout", str(tmp_path / "broker.key"),

@@ -6,9 +6,11 @@ school's id, hundreds of messages at once.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -49,7 +51,17 @@ def speed_report(
 
 
 class SchoolPublisher:
-    def __init__(self, broker_port: int, topic_root: str, school_id: str) -> None:
+    def __init__(
+        self,
+        broker_port: int,
+        topic_root: str,
+        school_id: str,
+        *,
+        password: str | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
+        """Anonymous on plain MQTT; with ``password``, as the school's account (over TLS
+        to ``localhost`` with ``ca_file``)."""
         self.topic_root = topic_root
         self.school_id = school_id
         self.agent_id = uuid.uuid4().hex
@@ -62,7 +74,11 @@ class SchoolPublisher:
         )
         self._client.on_publish = self._on_publish
         self._client.max_queued_messages_set(0)
-        self._client.connect("127.0.0.1", broker_port)
+        if password is not None:
+            self._client.username_pw_set(school_id, password)
+        if ca_file is not None:
+            self._client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
+        self._client.connect("localhost" if ca_file else "127.0.0.1", broker_port)
         self._client.loop_start()
         self._base = datetime.now(UTC) - timedelta(hours=1)
         self._sequence = 0
