@@ -422,6 +422,7 @@ class RejectReason(StrEnum):
     UNKNOWN_SCHOOL = "unknown_school"
     BAD_TIMESTAMP = "bad_timestamp"
     INFLUX_REJECTED = "influx_rejected"
+    RATE_LIMITED = "rate_limited"
 
 
 class DeadLetter(_Strict):
@@ -435,3 +436,6 @@ class DeadLetter(_Strict):
     payload_encoding: Literal["utf-8", "base64"]
     received_at: AwareDatetime
     collector_id: str
+    # How many messages this letter stands for: 1, or a school's messages over its
+    # budget in one batch (the payload is the first of them).
+    count: int = Field(default=1, ge=1)

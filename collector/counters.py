@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from agent.contract import RejectReason
 from collector.line_protocol import encode
-from collector.points import COLLECTOR, COLLECTOR_REJECTIONS
+from collector.points import COLLECTOR, COLLECTOR_RATE_LIMITED, COLLECTOR_REJECTIONS
 
 # Lag buckets: 2 % wide from 1 ms to about 8 months; a percentile is its bucket's top.
 _LAG_BOUNDS_MS = [1.02**step for step in range(1200)]
@@ -69,6 +69,7 @@ class Counters:
     device_report_gaps: int = 0
     agent_restarts: int = 0
     rejected: Counter[RejectReason] = field(default_factory=Counter)
+    _over_budget: Counter[str] = field(default_factory=Counter, repr=False)
     lag: LagMeter = field(default_factory=LagMeter, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -84,6 +85,16 @@ class Counters:
     def reject(self, reason: RejectReason) -> None:
         with self._lock:
             self.rejected[reason] += 1
+
+    def over_budget(self, school_id: str, messages: int) -> None:
+        with self._lock:
+            self._over_budget[school_id] += messages
+
+    def take_over_budget(self) -> Counter[str]:
+        """Messages rejected as ``rate_limited`` per school since the last call."""
+        with self._lock:
+            taken, self._over_budget = self._over_budget, Counter()
+        return taken
 
     def lines(self, collector_id: str) -> list[str]:
         at = time.time_ns()
@@ -115,3 +126,17 @@ class Counters:
                 f"rejected {sum(self.rejected.values())} ({rejected or 'none'}), "
                 f"dead-lettered {self.dead_lettered}, write retries {self.write_retries}"
             )
+
+
+def over_budget_lines(collector_id: str, over: Counter[str]) -> list[str]:
+    """One ``collector_rate_limited`` point per school over its budget since the last line."""
+    at = time.time_ns()
+    return [
+        encode(
+            COLLECTOR_RATE_LIMITED,
+            {"collector_id": collector_id, "school_id": school},
+            {"messages": count},
+            at,
+        )
+        for school, count in sorted(over.items())
+    ]

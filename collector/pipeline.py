@@ -21,13 +21,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from agent.contract import AgentStatus, DeadLetter, DevicesReport, RejectReason, StatusReason
-from collector.counters import Counters
+from collector.counters import Counters, over_budget_lines
 from collector.device_book import DeviceBook, Numbering
 from collector.influx import InfluxError, InfluxRejected, InfluxUnavailable, InfluxWriter
 from collector.influx.query import InfluxQL, influx_lookup
 from collector.intake import Rejection, Trust, decode
 from collector.points import NOWHERE, Place, PointMaker, ns
 from collector.registry import SchoolRegistry
+from collector.school_budget import SchoolBudget, school_of
 from collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class _Batch:
     lines: list[tuple[str, int]]  # line protocol, index of the item it came from
     rejects: dict[int, Rejection]
     measured: dict[int, tuple[int, str]]  # index -> the message's measured_at (ns), school
+    over_budget: dict[str, list[int]]  # school -> its rate-limited items: one letter each
 
 
 def _hand_over(
@@ -91,6 +93,9 @@ class Pipeline:
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self.counters = Counters()
+        self._budget = SchoolBudget(
+            settings.school_budget.messages_per_hour, settings.school_budget.burst
+        )
         self._influxql = InfluxQL(settings.influx)
         self._points = PointMaker(
             DeviceBook(influx_lookup(self._influxql)), self._numbered, place_of=self._place_of
@@ -185,7 +190,7 @@ class Pipeline:
 
     def _collect(self, outlet: Outlet) -> _Batch:
         """Up to ``batch.max_points`` lines, within ``batch.max_wait_s`` of the first."""
-        batch = _Batch([], [], {}, {})
+        batch = _Batch([], [], {}, {}, {})
         limits = self._settings.batch
         deadline: float | None = None
         while len(batch.lines) < limits.max_points and not self._stopping.is_set():
@@ -212,6 +217,19 @@ class Pipeline:
         decoded = decode(
             mqtt.topic_root, item.topic, item.payload, mqtt.max_payload_bytes, trust=self._trust
         )
+        measured = None if isinstance(decoded, Rejection) else decoded.message.measured_at
+        school = school_of(item.topic)
+        if not self._budget.allow(
+            school, item.arrived_ns / 1e9, measured.timestamp() if measured else None
+        ):
+            budget = self._settings.school_budget
+            batch.rejects[index] = Rejection(
+                RejectReason.RATE_LIMITED,
+                f"school {school[:64]!r} is over its budget of {budget.messages_per_hour:g} "
+                f"messages an hour (burst {budget.burst}); revoke its account if it persists",
+            )
+            batch.over_budget.setdefault(school, []).append(index)
+            return
         if isinstance(decoded, Rejection):
             batch.rejects[index] = decoded
             return
@@ -243,8 +261,7 @@ class Pipeline:
             batch.rejects.setdefault(index, Rejection(RejectReason.INFLUX_REJECTED, reason))
         unacked: set[int] = set()
         if batch.rejects:
-            letters = [self._letter(batch.items[i], r) for i, r in batch.rejects.items()]
-            if outlet.dead_letter(letters):
+            if outlet.dead_letter(self._letters(batch)):
                 self._count_rejections(batch)
             else:
                 unacked = set(batch.rejects)  # they come again, and are dead-lettered then
@@ -262,10 +279,26 @@ class Pipeline:
             batches=1, stored=len(batch.items) - len(batch.rejects), points_written=written
         )
 
+    def _letters(self, batch: _Batch) -> list[DeadLetter]:
+        """One letter per rejected message, but one per school for those over budget."""
+        letters = [
+            self._letter(batch.items[i], r)
+            for i, r in batch.rejects.items()
+            if r.reason is not RejectReason.RATE_LIMITED
+        ]
+        for indices in batch.over_budget.values():
+            letter = self._letter(batch.items[indices[0]], batch.rejects[indices[0]])
+            letters.append(letter.model_copy(update={"count": len(indices)}))
+        return letters
+
     def _count_rejections(self, batch: _Batch) -> None:
         self.counters.add(dead_lettered=len(batch.rejects))
+        for school, indices in batch.over_budget.items():
+            self.counters.over_budget(school, len(indices))
         for index, rejection in batch.rejects.items():
             self.counters.reject(rejection.reason)
+            if rejection.reason is RejectReason.RATE_LIMITED:
+                continue  # told once per school per stats line, not per message
             log.warning(
                 "rejected message on %s: %s: %s",
                 batch.items[index].topic[:200],
@@ -327,8 +360,19 @@ class Pipeline:
         )
 
     def _write_stats(self) -> None:
+        self._budget.forget_full(time.time())
+        collector_id = self._settings.mqtt.client_id
+        over = self.counters.take_over_budget()
+        for school, count in over.most_common(20):
+            log.warning(
+                "school %s sent %d message(s) over its budget since the last report: rejected "
+                "as rate_limited; if it goes on, revoke its account (README: Floods)",
+                school[:64],
+                count,
+            )
+        lines = self.counters.lines(collector_id) + over_budget_lines(collector_id, over)
         try:
-            self._writer.write(self.counters.lines(self._settings.mqtt.client_id))
+            self._writer.write(lines)
         except (InfluxUnavailable, InfluxRejected) as exc:
             log.debug("could not write collector stats: %s", exc)
         log.info("collector: %s", self.counters.summary())

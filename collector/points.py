@@ -33,6 +33,7 @@ DEVICE = "device"
 DEVICE_REPORT = "device_report"
 COLLECTOR = "collector"
 COLLECTOR_REJECTIONS = "collector_rejections"
+COLLECTOR_RATE_LIMITED = "collector_rate_limited"
 
 # The collector's own state for a device whose agent is lost: not seen, not known down.
 STALE = "stale"

@@ -193,7 +193,7 @@ def _check_collectors(collectors: tuple[str, ...], school_ids: set[str]) -> None
 def _acl(collectors: tuple[str, ...], school_ids: list[str], topics: Topics) -> str:
     lines = [
         "# Mosquitto ACL written by `school-collector provision`; do not edit, run it again.",
-        "# Collectors read every school and write only dead letters. Each school's account",
+        "# Collectors read every school and read and write dead letters. Each school's account",
         "# writes only its own subtree and reads nothing. Doctor accounts (<id>.doctor)",
         "# have no entry: they may connect and do nothing else.",
         "",
@@ -202,7 +202,7 @@ def _acl(collectors: tuple[str, ...], school_ids: list[str], topics: Topics) -> 
         lines += [
             f"user {name}",
             f"topic read {topics.root}/+/+",
-            f"topic write {topics.dead_letter}",
+            f"topic readwrite {topics.dead_letter}",
             "",
         ]
     for school_id in school_ids:

@@ -119,6 +119,15 @@ class RetentionSettings(BaseModel):
     summary_interval_s: int = Field(default=3600, ge=1, le=86_400)
 
 
+class SchoolBudgetSettings(BaseModel):
+    """How many messages one school may send before the rest is ``rate_limited``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages_per_hour: float = Field(default=1200.0, gt=0, le=10_000_000)
+    burst: int = Field(default=1000, ge=1, le=10_000_000)
+
+
 class CollectorSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
@@ -132,6 +141,7 @@ class CollectorSettings(FileSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    school_budget: SchoolBudgetSettings = Field(default_factory=SchoolBudgetSettings)
     registry_file: Path | None = None
     registry_refresh_s: float = Field(default=300.0, ge=1, le=86_400)
     max_future_s: float = Field(default=300.0, ge=0, le=86_400)

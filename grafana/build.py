@@ -475,6 +475,31 @@ def pipeline() -> dict[str, Any]:
             (0, 14, 24, 8),
             fieldConfig={"defaults": {"unit": "ms"}, "overrides": []},
         ),
+        panel(
+            "Messages over a school's budget (rate_limited, per interval)",
+            "timeseries",
+            [
+                target(
+                    'SELECT sum("messages") FROM "collector_rate_limited" WHERE $timeFilter '
+                    'GROUP BY time($__interval), "school_id" fill(none)',
+                    alias="$tag_school_id",
+                )
+            ],
+            (0, 22, 12, 8),
+        ),
+        panel(
+            "Schools flooding now (rejected in the last 15 minutes)",
+            "table",
+            [
+                target(
+                    'SELECT sum("messages") AS "rejected" FROM "collector_rate_limited" '
+                    'WHERE time > now() - 15m GROUP BY "school_id"',
+                    fmt="table",
+                )
+            ],
+            (12, 22, 12, 8),
+            options={"sortBy": [{"displayName": "rejected", "desc": True}]},
+        ),
     ]
     return dashboard("school-monitor-pipeline", "School monitor: pipeline health", panels)
 

@@ -65,6 +65,8 @@ def stored(fleet: Fleet, database: Influx) -> Iterator[InfluxQL]:
                    ns(NOW - timedelta(hours=3))),
             encode("collector_rejections", tags | {"reason": "invalid_json"}, {"count": 4},
                    ns(NOW - timedelta(hours=1))),
+            encode("collector_rate_limited", tags | {"school_id": "KZ-FLOOD"}, {"messages": 900},
+                   ns(datetime.now(UTC) - timedelta(minutes=2))),  # in the flood alert's window
         ]
     )  # fmt: skip
     yield client
@@ -275,3 +277,22 @@ def test_the_lag_alert_fires_for_a_collector_falling_behind(
     firing = {tags["collector_id"] for tags, v in lag.values() if v > 60_000}
     assert firing == {"behind"}
     assert "keeping-up" in {tags["collector_id"] for tags, _ in lag.values()}
+
+
+def test_the_flood_alert_names_the_school_over_its_budget(
+    stored: InfluxQL, database: Influx
+) -> None:
+    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
+    writer.write(
+        [
+            encode("collector_rate_limited", {"collector_id": "c1", "school_id": "KZ-EARLIER"},
+                   {"messages": 5000}, ns(datetime.now(UTC) - timedelta(minutes=40))),
+        ]
+    )  # fmt: skip
+    over = _alert_values(stored, "school-flooding", "A")
+    firing = {tags["school_id"] for tags, v in over.values() if v > 0}
+    assert firing == {"KZ-FLOOD"}  # the flood 40 minutes ago has stopped
+    table = _rows(_run(stored, _panel("pipeline-health.json",
+                  "Schools flooding now (rejected in the last 15 minutes)")["targets"][0]["query"],
+                  ""))  # fmt: skip
+    assert [(row["school_id"], row["rejected"]) for row in table] == [("KZ-FLOOD", 900)]

@@ -31,7 +31,7 @@ from agent.contract import (
 from agent.devices.inventory import DeviceConfig
 from agent.settings import AgentSettings
 from collector import retention
-from collector.counters import Counters
+from collector.counters import Counters, over_budget_lines
 from collector.influx.v1 import V1Writer
 from collector.points import Place, PointMaker
 from collector.registry import School, SchoolRegistry
@@ -190,6 +190,7 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
         "device_report",
         "collector",
         "collector_rejections",
+        "collector_rate_limited",
         "school",
         "registry_import",
         "speed_summary",
@@ -206,7 +207,10 @@ def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurem
     counters = Counters()
     counters.reject(RejectReason.INVALID_JSON)
     counters.stored_with_lag([120.0, 480.0])
-    writer.write(lines + counters.lines("c1"))
+    counters.over_budget("KZ-1", 3)
+    writer.write(
+        lines + counters.lines("c1") + over_budget_lines("c1", counters.take_over_budget())
+    )
     school = School(
         "KZ-1", "Almaty", "School 1", "Bostandyk", "urban", 43.2, 76.9, 1200, 95,
         frozenset({DeviceKind.PANIC_BUTTON}), True,
