@@ -108,23 +108,14 @@ def test_a_school_can_read_nothing(secure: SecureBroker) -> None:
     assert seen == []
 
 
-@pytest.fixture
-def speed() -> Iterator[SpeedServer]:
-    server = SpeedServer()
-    server.start_in_background()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def test_the_provisioned_agent_bundle_publishes_over_tls(
-    secure: SecureBroker, speed: SpeedServer, tmp_path: Path
+    secure: SecureBroker, speed_server: SpeedServer, tmp_path: Path
 ) -> None:
     bundle = secure.issued / "schools" / "KZ-A" / "agent.toml"
     assert (bundle.stat().st_mode & 0o777) == 0o600
     env = {
         "SCHOOL_AGENT_STATE_DIR": str(tmp_path / "state"),
-        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed.url,
+        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed_server.url,
     }
     result = run_agent("run", "--once", "--config", str(bundle), env=env)
     assert result.returncode == 0, result.stderr
@@ -133,12 +124,12 @@ def test_the_provisioned_agent_bundle_publishes_over_tls(
 
 
 def test_the_agent_refuses_a_broker_certificate_from_another_ca(
-    secure: SecureBroker, speed: SpeedServer, tmp_path: Path
+    secure: SecureBroker, speed_server: SpeedServer, tmp_path: Path
 ) -> None:
     bundle = secure.issued / "schools" / "KZ-A" / "agent.toml"
     env = {
         "SCHOOL_AGENT_STATE_DIR": str(tmp_path / "state"),
-        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed.url,
+        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed_server.url,
         "SCHOOL_AGENT_MQTT__CA_FILE": str(secure.other_ca),
     }
     result = run_agent("run", "--once", "--config", str(bundle), env=env)
@@ -149,12 +140,12 @@ def test_the_agent_refuses_a_broker_certificate_from_another_ca(
 
 
 def test_insecure_mode_is_explicit_and_warns(
-    secure: SecureBroker, speed: SpeedServer, tmp_path: Path
+    secure: SecureBroker, speed_server: SpeedServer, tmp_path: Path
 ) -> None:
     bundle = secure.issued / "schools" / "KZ-A" / "agent.toml"
     env = {
         "SCHOOL_AGENT_STATE_DIR": str(tmp_path / "state"),
-        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed.url,
+        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed_server.url,
         "SCHOOL_AGENT_MQTT__CA_FILE": str(secure.other_ca),
         "SCHOOL_AGENT_MQTT__TLS_INSECURE": "true",
     }

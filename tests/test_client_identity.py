@@ -8,7 +8,6 @@ KZ-B's account tries to be the collector and school KZ-A.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -25,7 +24,12 @@ from collector.provision import COLLECTOR_USER
 from collector.speed_server import SpeedServer
 from tests.conftest import start_collector
 from tests.support.publishing import SchoolPublisher
-from tests.support.secure_broker import SecureBroker, connect_client, start_secure_broker
+from tests.support.secure_broker import (
+    SecureBroker,
+    connect_client,
+    listen,
+    start_secure_broker,
+)
 from tests.support.services import (
     Influx,
     collector_process,
@@ -180,28 +184,13 @@ def test_the_same_account_twice_is_one_session_the_first_connection_is_replaced(
         second.loop_stop()
 
 
-@pytest.fixture
-def speed() -> Iterator[SpeedServer]:
-    server = SpeedServer()
-    server.start_in_background()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def test_doctor_beside_a_running_agent_leaves_it_connected_and_its_will_unfired(
-    secure: SecureBroker, speed: SpeedServer, tmp_path: Path
+    secure: SecureBroker, speed_server: SpeedServer, tmp_path: Path
 ) -> None:
-    statuses: list[dict[str, Any]] = []
-    observer, answer = connect_client(
-        secure, OBSERVER, secure.password(OBSERVER), tls=False, client_id=OBSERVER
-    )
-    assert answer == "Success"
-    observer.on_message = lambda _c, _u, m: statuses.append(json.loads(m.payload))
-    observer.subscribe("schools/KZ-A/agent", qos=1)
+    observer, statuses = listen(secure, OBSERVER, "schools/KZ-A/agent")
     env = {
         "SCHOOL_AGENT_STATE_DIR": str(tmp_path / "state"),
-        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed.url,
+        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed_server.url,
         "SCHOOL_AGENT_SCHEDULE__STARTUP_TEST": "false",
     }
     bundle = secure.bundle("KZ-A")

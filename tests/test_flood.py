@@ -8,26 +8,25 @@ time, while 50 other schools each publish a result every half second.
 
 from __future__ import annotations
 
-import json
-import ssl
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from localstack import Process
-from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.provision import COLLECTOR_USER
 from collector.settings import SchoolBudgetSettings
 from tests.conftest import start_collector
+from tests.support.flooder import Flooder
 from tests.support.publishing import SchoolPublisher, speed_report
-from tests.support.secure_broker import SecureBroker, connect_client, start_secure_broker
+from tests.support.secure_broker import (
+    SecureBroker,
+    listen,
+    start_secure_broker,
+)
 from tests.support.services import Influx, collector_process, command_env, wait_for
 
 FLOODER = "KZ-F"
@@ -46,48 +45,6 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     )
     yield server
     server.broker.stop()
-
-
-class Flooder:
-    """School KZ-F's account publishing valid speed results flat out, QoS 1."""
-
-    def __init__(self, secure: SecureBroker) -> None:
-        self.acked = 0
-        self._lock = threading.Lock()
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id="flood", protocol=paho.MQTTv5
-        )
-        self._client.username_pw_set(FLOODER, secure.password(FLOODER))
-        self._client.tls_set_context(ssl.create_default_context(cafile=str(secure.ca)))
-        self._client.max_inflight_messages_set(1000)
-        self._client.max_queued_messages_set(2000)
-        self._client.on_publish = self._on_publish
-        self._client.connect("localhost", secure.tls_port)
-        self._client.loop_start()
-
-    def _on_publish(self, *_: Any) -> None:
-        with self._lock:
-            self.acked += 1
-
-    def run(self, seconds: float, limit: int) -> int:
-        """Publish until ``seconds`` pass or ``limit`` messages went; the count acknowledged."""
-        start = datetime.now(UTC)
-        body = json.loads(speed_report(FLOODER, uuid.uuid4().hex, 99.0, start).model_dump_json())
-        deadline = time.monotonic() + seconds
-        sent = 0
-        while sent < limit and time.monotonic() < deadline:
-            # every one a distinct, valid result claiming the present
-            body["message_id"] = f"{sent:032x}"
-            body["measured_at"] = (start + timedelta(microseconds=sent)).isoformat()
-            payload = json.dumps(body)
-            if self._client.publish("schools/KZ-F/speed", payload, qos=1).rc == 0:
-                sent += 1
-            else:
-                time.sleep(0.001)  # paho's own queue is full: let the broker catch up
-        wait_for(lambda: self.acked >= sent, timeout=60, what="the flood to be acknowledged")
-        self._client.disconnect()
-        self._client.loop_stop()
-        return sent
 
 
 def _normal_schools(secure: SecureBroker, stop: threading.Event, sent: list[datetime]) -> None:
@@ -177,20 +134,14 @@ def test_one_school_flooding_flat_out_costs_the_other_schools_nothing(
         "SCHOOL_COLLECTOR_STATS_INTERVAL_S": "1",
     }
     collector: Process = start_collector(collector_process(tmp_path, command_env(**env)))
-    letters: list[dict[str, Any]] = []
-    observer, answer = connect_client(
-        secure, OBSERVER, secure.password(OBSERVER), tls=False, client_id=OBSERVER
-    )
-    assert answer == "Success"
-    observer.on_message = lambda _c, _u, m: letters.append(json.loads(m.payload))
-    observer.subscribe("school-monitor/dead-letter", qos=1)
+    observer, letters = listen(secure, OBSERVER, "school-monitor/dead-letter")
     stop, normal_sent = threading.Event(), list[datetime]()
     normal = threading.Thread(target=_normal_schools, args=(secure, stop, normal_sent))
     lag = LagWatch(database, normal_sent)
     try:
         normal.start()
         flood_started = time.monotonic()
-        flood_sent = Flooder(secure).run(FLOOD_SECONDS, FLOOD_MAX_MESSAGES)
+        flood_sent = Flooder(secure, FLOODER).run(FLOOD_SECONDS, FLOOD_MAX_MESSAGES)
         flood_seconds = time.monotonic() - flood_started
         stop.set()
         normal.join(timeout=60)

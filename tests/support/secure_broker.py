@@ -7,6 +7,7 @@ test's own. Accounts, the ACL and the agents' bundles come from
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def start_secure_broker(
     base: Path, schools: list[str], collectors: tuple[str, ...] = (COLLECTOR_USER,)
 ) -> SecureBroker:
     """Provision ``schools`` and start Mosquitto with secure.conf and the issued files."""
+    base.mkdir(parents=True, exist_ok=True)
     ca = make_ca(base, "ministry-ca")
     other_ca = make_ca(base, "other-ca")
     cert, key = make_server_cert(base, ca)
@@ -169,3 +171,19 @@ def connect_client(
     client.loop_start()
     done.wait(10)
     return client, answer[0] if answer else "no answer"
+
+
+def listen(secure: SecureBroker, account: str, topic: str) -> tuple[paho.Client, list[Any]]:
+    """Subscribe ``topic`` with a collector ``account`` on the loopback listener.
+
+    Returns the client (disconnect it when done) and the list the JSON payloads
+    arriving there are appended to.
+    """
+    received: list[Any] = []
+    client, answer = connect_client(
+        secure, account, secure.password(account), tls=False, client_id=account
+    )
+    assert answer == "Success", answer
+    client.on_message = lambda _c, _u, message: received.append(json.loads(message.payload))
+    client.subscribe(topic, qos=1)
+    return client, received
