@@ -90,7 +90,19 @@ class Pipeline:
         self._registry_loader = registry_loader
         self._registry = registry
         self._late = late
+        # Bounded by the receive window. A broker keeps at most
+        # mqtt.receive_maximum unacknowledged messages in flight, so this never
+        # fills; one that sends more (Mosquitto 2.0.11 does, once acknowledgements
+        # flow while it drains a queued backlog) makes paho's network thread wait
+        # in submit(), and TCP leaves the rest on the broker, instead of the
+        # whole backlog piling up here in memory.
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        self._window = settings.mqtt.receive_maximum
+        self._queued = 0
+        self._room = threading.Condition()
+        # While the store thread waits for the broker to acknowledge dead letters,
+        # paho's thread must keep reading (the PUBACKs come on the same socket).
+        self._letters_in_flight = False
         self._stopping = threading.Event()
         self.counters = Counters()
         self._budget = SchoolBudget(
@@ -130,12 +142,29 @@ class Pipeline:
     # -- called from the MQTT network thread ------------------------------
 
     def submit(self, item: Incoming) -> None:
+        """Queue ``item``; wait while the window is full. Once stopping, drop it unacknowledged."""
+        with self._room:
+            while not self._room.wait_for(self._has_room, timeout=0.5):
+                pass
+            if self._stopping.is_set():
+                return  # unacknowledged: the broker sends it again
+            self._queued += 1
         self._queue.put(item)
+
+    def _has_room(self) -> bool:
+        return self._queued < self._window or self._letters_in_flight or self._stopping.is_set()
+
+    def _taken(self) -> None:
+        with self._room:
+            self._queued -= 1
+            self._room.notify()
 
     # -- called from anywhere --------------------------------------------
 
     def stop(self) -> None:
         self._stopping.set()
+        with self._room:
+            self._room.notify_all()
 
     # -- the pipeline thread ----------------------------------------------
 
@@ -203,6 +232,7 @@ class Pipeline:
                 if deadline is None:
                     return batch
                 continue
+            self._taken()
             if not outlet.is_current(item):
                 continue  # received before a reconnect; the broker sends it again
             deadline = deadline or time.monotonic() + limits.max_wait_s
@@ -261,7 +291,7 @@ class Pipeline:
             batch.rejects.setdefault(index, Rejection(RejectReason.INFLUX_REJECTED, reason))
         unacked: set[int] = set()
         if batch.rejects:
-            if outlet.dead_letter(self._letters(batch)):
+            if self._dead_letter(outlet, self._letters(batch)):
                 self._count_rejections(batch)
             else:
                 unacked = set(batch.rejects)  # they come again, and are dead-lettered then
@@ -278,6 +308,17 @@ class Pipeline:
         self.counters.add(
             batches=1, stored=len(batch.items) - len(batch.rejects), points_written=written
         )
+
+    def _dead_letter(self, outlet: Outlet, letters: list[DeadLetter]) -> bool:
+        """Publish ``letters`` while paho's thread may read past the window for their acks."""
+        with self._room:
+            self._letters_in_flight = True
+            self._room.notify_all()
+        try:
+            return outlet.dead_letter(letters)
+        finally:
+            with self._room:
+                self._letters_in_flight = False
 
     def _letters(self, batch: _Batch) -> list[DeadLetter]:
         """One letter per rejected message, but one per school for those over budget."""

@@ -1,8 +1,9 @@
 """The collector's rollup job: rollout percentages into the ``rollout`` measurement.
 
-Every ``rollout.interval_s`` a thread computes the percentages for that moment
-(:mod:`collector.rollout`) and writes them, so Grafana can chart rollout over
-time with the same numbers ``school-collector rollout`` prints.
+At start, then every ``rollout.interval_s``, a thread computes the percentages
+for that moment (:mod:`collector.rollout`) and writes them, so Grafana can chart
+rollout over time with the same numbers ``school-collector rollout`` prints. A
+run reads every school's latest results: its memory is given back after it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 
 from collector.influx import InfluxError, InfluxWriter
 from collector.influx.query import InfluxQL
+from collector.memory import release_free_memory
 from collector.rollout import rollout, rollout_lines
 from collector.settings import CollectorSettings
 
@@ -48,7 +50,9 @@ class Rollup:
         return len(lines)
 
     def _run(self) -> None:
-        while not self._stopping.wait(self._settings.rollout.interval_s):
+        delay = 0.0  # at once: a restarted collector's percentages are fresh
+        while not self._stopping.wait(delay):
+            delay = self._settings.rollout.interval_s
             try:
                 written = self.once()
             except InfluxError as exc:
@@ -57,3 +61,4 @@ class Rollup:
                 log.exception("the rollup failed; trying again next interval")
             else:
                 log.debug("rollout: %d points written", written)
+            release_free_memory()

@@ -18,7 +18,12 @@ from localstack import InfluxDB, free_port
 from agent.contract import DeadLetter, RejectReason, SpeedMeasurement, SpeedReport, SpeedResult
 from collector.influx.v1 import V1Writer
 from collector.pipeline import Incoming, Pipeline
-from collector.settings import BatchSettings, CollectorSettings, InfluxSettings
+from collector.settings import (
+    BatchSettings,
+    CollectorMqttSettings,
+    CollectorSettings,
+    InfluxSettings,
+)
 from tests.support.publishing import speed_report
 from tests.support.services import Influx, unique, wait_for
 
@@ -197,3 +202,23 @@ def test_an_unexpected_error_while_storing_stops_the_collector_instead_of_hangin
     assert not thread.is_alive(), "run() must end when the store thread fails"
     assert [str(exc) for exc in raised] == ["a bug in the writer"]
     assert outlet.acked == [], "nothing unstored may be acknowledged"
+
+
+def test_a_broker_sending_past_the_receive_window_waits_in_submit_not_in_memory() -> None:
+    """Mosquitto 2.0.11 overruns the window while it drains a backlog; the queue stays bounded."""
+    url = f"http://127.0.0.1:{free_port()}"
+    settings = _settings(url, "nowhere").model_copy(
+        update={"mqtt": CollectorMqttSettings(receive_maximum=3)}
+    )
+    pipeline = Pipeline(V1Writer(InfluxSettings(url=url, database="nowhere")), settings)
+    items = _incoming(_reports(4))
+    for item in items[:3]:
+        pipeline.submit(item)
+    fourth = threading.Thread(target=pipeline.submit, args=(items[3],), daemon=True)
+    fourth.start()
+    fourth.join(timeout=1)
+    assert fourth.is_alive(), "past the window, paho's thread must wait for room"
+
+    pipeline.stop()
+    fourth.join(timeout=2)
+    assert not fourth.is_alive(), "stopping must release paho's thread (the message stays unacked)"
