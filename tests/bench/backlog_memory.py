@@ -1,6 +1,6 @@
 """Backlog memory benchmark: the collector's resident memory while it drains growing backlogs.
 
-    .venv/bin/python -m tests.bench.backlog_memory               # 20k, 200k, 2M: about 30 minutes
+    .venv/bin/python -m tests.bench.backlog_memory               # 20k, 200k, 2M: about 90 minutes
     .venv/bin/python -m tests.bench.backlog_memory --backlogs 20000,60000,200000
     .venv/bin/python -m tests.bench.backlog_memory --env MALLOC_ARENA_MAX=2 --json out.json
     .venv/bin/python -m tests.bench.backlog_memory --backlogs 60000 --probe   # in-flight, mallinfo2
