@@ -1,6 +1,6 @@
 """Backlog memory benchmark: the collector's resident memory while it drains growing backlogs.
 
-    .venv/bin/python -m tests.bench.backlog_memory               # 20k, 200k, 2M: about 90 minutes
+    .venv/bin/python -m tests.bench.backlog_memory       # 20k, 200k, 1.4M (a full queue): 70 min
     .venv/bin/python -m tests.bench.backlog_memory --backlogs 20000,60000,200000
     .venv/bin/python -m tests.bench.backlog_memory --env MALLOC_ARENA_MAX=2 --json out.json
     .venv/bin/python -m tests.bench.backlog_memory --backlogs 60000 --probe   # in-flight, mallinfo2
@@ -428,7 +428,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description="The collector's peak RSS while draining backlogs of growing size.",
     )
-    parser.add_argument("--backlogs", default="20000,200000,2000000",
+    parser.add_argument("--backlogs", default="20000,200000,1400000",
                         help="backlog sizes, comma-separated (default %(default)s)")  # fmt: skip
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the collector only (repeatable)")  # fmt: skip
