@@ -125,7 +125,13 @@ def _broker(settings: AgentSettings) -> Finding:
         client.loop_start()
         watch.wait(settings.mqtt.connect_timeout_s)
     except BrokerError as exc:
-        return Finding(Verdict.FAIL, "broker", str(exc))
+        hint = (
+            f" (the doctor connects as mqtt.doctor_username {mqtt.doctor_username!r}: check it "
+            "against the bundle from `school-collector provision`)"
+            if mqtt.doctor_username is not None and watch.refusal is not None
+            else ""
+        )
+        return Finding(Verdict.FAIL, "broker", f"{exc}{hint}")
     finally:
         client.disconnect()
         client.loop_stop()

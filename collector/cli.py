@@ -393,7 +393,7 @@ def _provision(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"{len(registry)} schools: {summary}")
     for school_id in summary.revoked:
-        print(f"revoked: {school_id} (no longer in the registry)")
+        print(f"revoked: {school_id} (no longer in the registry, or no longer a --collector)")
     mosquitto = args.out / "mosquitto"
     print(
         f"install {mosquitto / 'passwords'} and {mosquitto / 'acl'} as the broker's "

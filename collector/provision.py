@@ -160,10 +160,14 @@ def provision(
         summary.files_written += _write_bytes(bundle / "ca.pem", ca)
 
     for gone in sorted(set(accounts.existing) - set(accounts.entries)):
-        if not gone.endswith(DOCTOR_SUFFIX):
-            summary.revoked.append(gone)
+        if gone.endswith(DOCTOR_SUFFIX):
+            continue  # goes with its school
+        summary.revoked.append(gone)
+        credentials = out / "collector" / f"{gone}.toml"
+        if credentials.exists():  # a collector no longer named with --collector
+            credentials.unlink()
+        else:
             shutil.rmtree(out / "schools" / gone, ignore_errors=True)
-        (out / "collector" / f"{gone}.toml").unlink(missing_ok=True)
     (out / "collector" / "credentials.toml").unlink(missing_ok=True)
     text = "".join(f"{user}:{hashed}\n" for user, hashed in sorted(accounts.entries.items()))
     summary.files_written += _write(out / "mosquitto" / "passwords", text, secret=True)

@@ -188,3 +188,10 @@ def test_provisioning_again_changes_nothing_and_rotation_changes_one(
     assert "KZ-C:" not in accounts
     assert "KZ-C.doctor:" not in accounts
     assert "user KZ-C\n" not in (out / "mosquitto" / "acl").read_text()
+    two = run(collectors=(COLLECTOR_USER, "collector-2"))
+    assert (two.revoked, (out / "collector" / "collector-2.toml").exists()) == ([], True)
+    one = run()
+    assert one.revoked == ["collector-2"]
+    assert not (out / "collector" / "collector-2.toml").exists()
+    assert "collector-2:" not in (out / "mosquitto" / "passwords").read_text()
+    assert (out / "schools" / "KZ-A" / "agent.toml").exists()

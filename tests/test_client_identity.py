@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,35 @@ def test_the_same_account_twice_is_one_session_the_first_connection_is_replaced(
         watch.close()
         second.disconnect()
         second.loop_stop()
+
+
+def test_doctor_accounts_and_school_accounts_publish_nothing_the_collectors_read(
+    secure: SecureBroker,
+) -> None:
+    """A doctor account may only connect; no school may write dead letters."""
+    observer, seen = listen(secure, OBSERVER, "schools/+/+")
+    observer.subscribe("school-monitor/dead-letter", qos=1)
+    doctor, answer = connect_client(secure, "KZ-A.doctor", secure.password("KZ-A.doctor"))
+    assert answer == "Success"
+    school_b, answer = connect_client(secure, "KZ-B", secure.password("KZ-B"))
+    assert answer == "Success"
+    try:
+        time.sleep(0.5)  # the observer's second subscription is in place
+        forgeries = [
+            (doctor, "schools/KZ-A/speed"),
+            (doctor, "school-monitor/dead-letter"),
+            (school_b, "school-monitor/dead-letter"),
+        ]
+        for client, topic in forgeries:
+            client.publish(topic, b'{"forged": true}', qos=1).wait_for_publish(5)
+        school_b.publish("schools/KZ-B/speed", b'{"own": true}', qos=1).wait_for_publish(5)
+        wait_for(lambda: {"own": True} in seen, what="school B's own message (the control)")
+        time.sleep(0.5)
+        assert seen == [{"own": True}]
+    finally:
+        for client in (doctor, school_b, observer):
+            client.disconnect()
+            client.loop_stop()
 
 
 def test_doctor_beside_a_running_agent_leaves_it_connected_and_its_will_unfired(
