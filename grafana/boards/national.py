@@ -1,0 +1,239 @@
+"""National overview: every rollout percentage, the map, the regions, the schools to chase."""
+
+from __future__ import annotations
+
+from grafana.parts import (
+    NATIONAL_UID,
+    STANDARD_MBPS,
+    Json,
+    by_name,
+    dashboard,
+    field,
+    panel,
+    percent_field,
+    region_link,
+    school_link,
+    speed_colours,
+    target,
+)
+
+# Each rollout metric as a stat, row by row: (metric, title, higher is better).
+SPEED_STATS = [
+    ("meets_standard", f"Meet {STANDARD_MBPS} Mbps (30-day average)", True),
+    ("meets_standard_latest", f"Meet {STANDARD_MBPS} Mbps (latest test)", True),
+    ("reporting", "Reporting (a test in 7 days)", True),
+    ("live", "Live (a test within 21 days)", True),
+    ("at_risk", "At risk (last test 21-28 days ago)", False),
+    ("dropped_off", "Dropped off (no test for 28 days)", False),
+    ("never_reported", "Never reported", False),
+]
+SAFETY_STATS = [
+    ("panic_button_live", "Panic button live", True),
+    ("panic_button_installed", "Panic button installed", True),
+    ("turnstile_live", "Turnstile live", True),
+    ("turnstile_installed", "Turnstile installed", True),
+    ("police_link_live", "Police-centre link live", True),
+    ("police_link_installed", "Police-centre link installed", True),
+    ("security_contract", "Security-service contract", True),
+]
+WIDTHS = [3, 3, 3, 3, 4, 4, 4]
+# The rollup lists the schools to chase on every run (rollout.interval_s, at most 10 minutes).
+CHASE_WINDOW = "15m"
+
+
+def stat_query(metric: str) -> str:
+    return (
+        f'SELECT last("percent") FROM "history"."rollout" WHERE "level" = \'national\' '
+        f"AND \"metric\" = '{metric}' AND $timeFilter GROUP BY time($__interval) fill(none)"
+    )
+
+
+def stats() -> list[Json]:
+    found = []
+    for row, metrics in enumerate((SPEED_STATS, SAFETY_STATS)):
+        x = 0
+        for (metric, title, higher), width in zip(metrics, WIDTHS, strict=True):
+            colours = (
+                [(None, "red"), (70, "orange"), (95, "green")]
+                if higher
+                else [(None, "green"), (5, "orange"), (10, "red")]
+            )
+            found.append(
+                panel(
+                    title,
+                    "stat",
+                    [target(stat_query(metric), alias=title)],
+                    (x, row * 5, width, 5),
+                    fieldConfig=percent_field(*colours),
+                    options={
+                        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "graphMode": "area",
+                        "colorMode": "value",
+                        "textMode": "value",
+                    },
+                )
+            )
+            x += width
+    return found
+
+
+def school_map() -> Json:
+    """Every registered school at its place, coloured by its 30-day average download."""
+    schools = target(
+        'SELECT last("latitude") AS "latitude", last("longitude") AS "longitude", '
+        'last("name") AS "name" FROM "history"."school" WHERE time <= now() '
+        'GROUP BY "school_id", "region"',
+        "A",
+        "table",
+    )
+    speeds = target(
+        'SELECT mean("download_mbps") AS "download_mbps" FROM "speed" WHERE '
+        '"result" = \'success\' AND $timeFilter GROUP BY "school_id"',
+        "B",
+        "table",
+    )
+    return panel(
+        f"Schools by average download: good (at least {STANDARD_MBPS} Mbps), moderate "
+        "(1 Mbps up to it), bad (below 1 Mbps), no data",
+        "geomap",
+        [schools, speeds],
+        (0, 10, 12, 14),
+        transformations=[
+            {"id": "joinByField", "options": {"byField": "school_id", "mode": "outer"}},
+            {
+                "id": "organize",
+                "options": {"excludeByName": {"Time": True, "Time 1": True, "Time 2": True}},
+            },
+        ],
+        fieldConfig=field(
+            "none",
+            [
+                by_name(
+                    "download_mbps", unit="Mbits", displayName="30-day average download", decimals=1
+                ),
+                by_name("latitude", unit="none", decimals=4),
+                by_name("longitude", unit="none", decimals=4),
+            ],
+            links=[school_link("${__data.fields.school_id}", "${__data.fields.region}")],
+            **speed_colours(),
+        ),
+        options={
+            "view": {"id": "coords", "lat": 48.0, "lon": 67.0, "zoom": 4.2, "allLayers": True},
+            "controls": {"showZoom": True, "mouseWheelZoom": True, "showAttribution": True},
+            "basemap": {"type": "default", "name": "Basemap", "config": {}},
+            "layers": [
+                {
+                    "type": "markers",
+                    "name": "Schools",
+                    "tooltip": True,
+                    "location": {
+                        "mode": "coords",
+                        "latitude": "latitude",
+                        "longitude": "longitude",
+                    },
+                    "config": {
+                        "showLegend": True,
+                        "style": {
+                            "color": {"field": "download_mbps", "fixed": "#808080"},
+                            "opacity": 0.8,
+                            "size": {"fixed": 5, "min": 2, "max": 15},
+                            "symbol": {"mode": "fixed", "fixed": "img/icons/marker/circle.svg"},
+                        },
+                    },
+                }
+            ],
+            "tooltip": {"mode": "details"},
+        },
+    )
+
+
+def regions() -> Json:
+    """Every percentage by region; a region's name opens its page."""
+    return panel(
+        "By region (a region opens its page)",
+        "table",
+        [
+            target(
+                'SELECT last("percent") AS "percent" FROM "history"."rollout" WHERE "level" = '
+                '\'region\' AND $timeFilter GROUP BY "region", "metric"',
+                fmt="table",
+            )
+        ],
+        (12, 10, 12, 14),
+        transformations=[
+            {
+                "id": "groupingToMatrix",
+                "options": {"columnField": "metric", "rowField": "region", "valueField": "percent"},
+            }
+        ],
+        fieldConfig=percent_field(
+            (None, "red"),
+            (70, "orange"),
+            (95, "green"),
+        )
+        | {
+            "overrides": [
+                # groupingToMatrix names its first column "<row field>\<column field>".
+                by_name(
+                    "region\\metric",
+                    unit="string",
+                    displayName="region",
+                    links=[region_link("${__value.raw}")],
+                ),
+            ]
+        },
+    )
+
+
+def chase() -> Json:
+    """The schools to chase now, as the rollup listed them on its latest runs."""
+    return panel(
+        "Schools to chase: at risk, dropped off or never reported (a school opens its page)",
+        "table",
+        [
+            target(
+                'SELECT last("name") AS "name", last("last_report_ms") AS "last report" '
+                f'FROM "rollout_school" WHERE time > now() - {CHASE_WINDOW} '
+                'GROUP BY "metric", "region", "school_id"',
+                fmt="table",
+            )
+        ],
+        (0, 24, 24, 10),
+        fieldConfig=field(
+            "none",
+            [
+                by_name("last report", unit="dateTimeAsIso", noValue="never"),
+                by_name(
+                    "school_id", links=[school_link("${__value.raw}", "${__data.fields.region}")]
+                ),
+                by_name("region", links=[region_link("${__value.raw}")]),
+            ],
+        ),
+        options={"sortBy": [{"displayName": "last report", "desc": False}]},
+        transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+    )
+
+
+def over_time() -> Json:
+    return panel(
+        "Rollout over time",
+        "timeseries",
+        [
+            target(
+                'SELECT mean("percent") FROM "history"."rollout" '
+                "WHERE \"level\" = 'national' AND $timeFilter "
+                'GROUP BY time($__interval), "metric" fill(none)',
+                alias="$tag_metric",
+            )
+        ],
+        (0, 34, 24, 9),
+        fieldConfig=percent_field((None, "blue")),
+    )
+
+
+def national() -> Json:
+    return dashboard(
+        NATIONAL_UID,
+        "School monitor: national overview",
+        [*stats(), school_map(), regions(), chase(), over_time()],
+    )

@@ -1,0 +1,138 @@
+"""Region and school: a region's percentages and schools, then one school's tests and devices."""
+
+from __future__ import annotations
+
+from grafana.parts import (
+    DATASOURCE,
+    SCHOOL_UID,
+    STANDARD_MBPS,
+    Json,
+    by_name,
+    dashboard,
+    field,
+    panel,
+    percent_field,
+    school_link,
+    steps,
+    target,
+)
+
+REGION_VARIABLE = {
+    "name": "region",
+    "label": "Region",
+    "type": "query",
+    "datasource": DATASOURCE,
+    "query": 'SHOW TAG VALUES FROM "history"."school" WITH KEY = "region"',
+    "refresh": 1,
+    "sort": 1,
+}
+SCHOOL_VARIABLE = {
+    "name": "school",
+    "label": "School",
+    "type": "query",
+    "datasource": DATASOURCE,
+    "query": 'SHOW TAG VALUES FROM "history"."school" WITH KEY = "school_id" '
+    'WHERE "region" =~ /^$region$/',
+    "refresh": 1,
+    "sort": 1,
+}
+
+
+def school() -> Json:
+    standard = field(
+        "Mbits",
+        custom={"thresholdsStyle": {"mode": "line"}},
+        thresholds=steps((None, "red"), (STANDARD_MBPS, "green")),
+    )
+    panels = [
+        panel(
+            "Region $region: rollout",
+            "table",
+            [
+                target(
+                    'SELECT last("percent") AS "percent", last("schools") AS "schools", '
+                    'last("total") AS "total" FROM "history"."rollout" '
+                    'WHERE "region" =~ /^$region$/ AND $timeFilter GROUP BY "metric"',
+                    fmt="table",
+                )
+            ],
+            (0, 0, 12, 9),
+            fieldConfig=percent_field((None, "text"))
+            | {"overrides": [by_name("schools", unit="short"), by_name("total", unit="short")]},
+            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        ),
+        panel(
+            "Schools of $region (a school opens its page)",
+            "table",
+            [
+                target(
+                    'SELECT mean("download_mbps") AS "average", last("download_mbps") AS '
+                    '"latest", count("download_mbps") AS "tests" FROM "speed" WHERE "region" =~ '
+                    '/^$region$/ AND "result" = \'success\' AND $timeFilter GROUP BY "school_id"',
+                    fmt="table",
+                )
+            ],
+            (12, 0, 12, 9),
+            fieldConfig=field(
+                "Mbits",
+                [
+                    by_name("tests", unit="short"),
+                    by_name(
+                        "school_id",
+                        unit="string",
+                        links=[school_link("${__value.raw}", "${region}")],
+                    ),
+                ],
+                decimals=1,
+                thresholds=steps((None, "red"), (1, "orange"), (STANDARD_MBPS, "green")),
+            ),
+            options={"sortBy": [{"displayName": "average", "desc": False}]},
+            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        ),
+        panel(
+            f"$school: download and upload against the {STANDARD_MBPS} Mbps standard",
+            "timeseries",
+            [
+                target(
+                    'SELECT "download_mbps", "upload_mbps" FROM "speed" WHERE "school_id" =~ '
+                    "/^$school$/ AND \"result\" = 'success' AND $timeFilter"
+                )
+            ],
+            (0, 9, 16, 10),
+            fieldConfig=standard,
+        ),
+        panel(
+            "$school: failed tests",
+            "table",
+            [
+                target(
+                    'SELECT "result", "error" FROM "speed" WHERE "school_id" =~ /^$school$/ '
+                    "AND \"result\" != 'success' AND $timeFilter",
+                    fmt="table",
+                )
+            ],
+            (16, 9, 8, 10),
+            fieldConfig=field("string", [by_name("Time", unit="dateTimeAsIso")]),
+        ),
+        panel(
+            "$school: devices",
+            "table",
+            [
+                target(
+                    'SELECT last("state") AS "state", last("changed_at_ms") AS "since", '
+                    'last("label") AS "label" FROM "device" WHERE "school_id" =~ /^$school$/ '
+                    'AND $timeFilter GROUP BY "device_id", "kind"',
+                    fmt="table",
+                )
+            ],
+            (0, 19, 24, 8),
+            fieldConfig=field("string", [by_name("since", unit="dateTimeAsIso")]),
+            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        ),
+    ]
+    return dashboard(
+        SCHOOL_UID,
+        "School monitor: region and school",
+        panels,
+        variables=[REGION_VARIABLE, SCHOOL_VARIABLE],
+    )

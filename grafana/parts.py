@@ -1,0 +1,140 @@
+"""The pieces every dashboard is built from: queries, panels, fields, links.
+
+Every panel queries InfluxDB with InfluxQL through the datasource provisioned
+in grafana/provisioning/datasources/ (uid ``school-monitor-influxdb``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DATASOURCE = {"type": "influxdb", "uid": "school-monitor-influxdb"}
+TAGS = ["school-monitor"]
+STANDARD_MBPS = 20  # the national standard; the collector's rollout.threshold_mbps
+# Giga Maps' categories: bad below 1 Mbps, moderate up to the standard, good at or above.
+MODERATE_MBPS = 1
+
+NATIONAL_UID = "school-monitor-national"
+SCHOOL_UID = "school-monitor-school"
+DEVICES_UID = "school-monitor-devices"
+FLEET_UID = "school-monitor-fleet"
+PIPELINE_UID = "school-monitor-pipeline"
+
+Json = dict[str, Any]
+
+
+def target(query: str, ref: str = "A", fmt: str = "time_series", alias: str = "") -> Json:
+    found: Json = {
+        "refId": ref,
+        "datasource": DATASOURCE,
+        "rawQuery": True,
+        "query": query,
+        "resultFormat": fmt,
+    }
+    if alias:
+        found["alias"] = alias
+    return found
+
+
+def panel(
+    title: str,
+    kind: str,
+    targets: list[Json],
+    grid: tuple[int, int, int, int],
+    **options: Any,
+) -> Json:
+    x, y, w, h = grid
+    return {
+        "title": title,
+        "type": kind,
+        "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "targets": targets,
+        **options,
+    }
+
+
+def steps(*thresholds: tuple[float | None, str]) -> Json:
+    return {
+        "mode": "absolute",
+        "steps": [{"value": value, "color": color} for value, color in thresholds],
+    }
+
+
+def field(unit: str, overrides: list[Json] | None = None, **defaults: Any) -> Json:
+    """A panel's fieldConfig: ``unit`` for every field unless an override says otherwise."""
+    return {"defaults": {"unit": unit, **defaults}, "overrides": overrides or []}
+
+
+def percent_field(*thresholds: tuple[float | None, str]) -> Json:
+    return field("percent", min=0, max=100, decimals=1, thresholds=steps(*thresholds))
+
+
+def by_name(name: str, **properties: Any) -> Json:
+    """An override: ``properties`` (Grafana's ids, e.g. unit, links) for the field ``name``."""
+    return {
+        "matcher": {"id": "byName", "options": name},
+        "properties": [{"id": key, "value": value} for key, value in properties.items()],
+    }
+
+
+def speed_colours() -> Json:
+    """Giga Maps' categories as thresholds on Mbps, and no data as its own colour."""
+    return {
+        "thresholds": steps((None, "red"), (MODERATE_MBPS, "orange"), (STANDARD_MBPS, "green")),
+        "color": {"mode": "thresholds"},
+        "mappings": [
+            {
+                "type": "special",
+                "options": {"match": "null", "result": {"text": "no data", "color": "#808080"}},
+            }
+        ],
+    }
+
+
+def school_link(school: str, region: str) -> Json:
+    """A data link to the school's page; ``school`` and ``region`` are Grafana expressions."""
+    return {
+        "title": "Open the school",
+        "url": f"/d/{SCHOOL_UID}/?var-region={region}&var-school={school}&${{__url_time_range}}",
+    }
+
+
+def region_link(region: str) -> Json:
+    return {
+        "title": "Open the region",
+        "url": f"/d/{SCHOOL_UID}/?var-region={region}&${{__url_time_range}}",
+    }
+
+
+def dashboard(uid: str, title: str, panels: list[Json], **extra: Any) -> Json:
+    for number, item in enumerate(panels, 1):
+        item["id"] = number
+    return {
+        "uid": uid,
+        "title": title,
+        "tags": TAGS,
+        "timezone": "Asia/Almaty",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "5m",
+        "time": {"from": "now-30d", "to": "now"},
+        "links": [
+            {
+                "title": "School monitor",
+                "type": "dashboards",
+                "tags": TAGS,
+                "asDropdown": True,
+                "keepTime": True,
+                "includeVars": False,
+                "icon": "external link",
+                "targetBlank": False,
+                "tooltip": "",
+                "url": "",
+            }
+        ],
+        "panels": panels,
+        "templating": {"list": extra.pop("variables", [])},
+        **extra,
+    }
