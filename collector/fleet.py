@@ -405,7 +405,7 @@ def write_direct(
 ) -> int:
     """Import the registry and store every message's points as the collector would."""
     import_registry(fleet.registry, influx, "simulated fleet", at_ns=ns(registry_at))
-    maker = PointMaker()
+    maker = PointMaker(place_of=fleet.registry.place_of)  # the registry's tags, as live
     lines = [
         line
         for message in messages(fleet)

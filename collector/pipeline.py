@@ -103,6 +103,8 @@ class Pipeline:
         # While the store thread waits for the broker to acknowledge dead letters,
         # paho's thread must keep reading (the PUBACKs come on the same socket).
         self._letters_in_flight = False
+        # The last batch filled up before its max_wait_s: a backlog is being drained.
+        self._backlog = False
         self._stopping = threading.Event()
         self.counters = Counters()
         self._budget = SchoolBudget(
@@ -160,6 +162,10 @@ class Pipeline:
             self._room.notify()
 
     # -- called from anywhere --------------------------------------------
+
+    def draining(self) -> bool:
+        """Whether the collector is working through a backlog (its batches fill up)."""
+        return self._backlog
 
     def stop(self) -> None:
         self._stopping.set()
@@ -230,6 +236,7 @@ class Pipeline:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 if deadline is None:
+                    self._backlog = False
                     return batch
                 continue
             self._taken()
@@ -237,6 +244,7 @@ class Pipeline:
                 continue  # received before a reconnect; the broker sends it again
             deadline = deadline or time.monotonic() + limits.max_wait_s
             self._add(batch, item)
+        self._backlog = len(batch.lines) >= limits.max_points
         return batch
 
     def _add(self, batch: _Batch, item: Incoming) -> None:

@@ -16,12 +16,15 @@ from datetime import UTC, datetime, timedelta
 
 from agent.contract import DeviceKind
 from collector.influx.query import InfluxQL
-from collector.line_protocol import encode
+from collector.line_protocol import FieldValue, encode
 from collector.registry import School, SchoolRegistry
 from collector.registry_store import load_registry
 from collector.rollout_rules import Rules
 
 ROLLOUT = "rollout"
+# The schools the ministry chases, listed by the rollup on every run (raw retention).
+ROLLOUT_SCHOOL = "rollout_school"
+CHASE = ("at_risk", "dropped_off", "never_reported")
 # A mean of exactly the threshold (19.5 and 20.5) may come back from InfluxDB as
 # 19.999999999999996: it meets the standard.
 EPSILON = 1e-6
@@ -153,16 +156,55 @@ def compute(registry: SchoolRegistry, facts: Facts, at: datetime, rules: Rules) 
     ]
 
 
-def rollout(
-    ql: InfluxQL, at: datetime | None = None, rules: Rules | None = None
-) -> list[Row] | None:
-    """The percentages at ``at`` (default now); None when no registry was imported by then."""
+@dataclass(frozen=True)
+class Survey:
+    """The registry and what InfluxDB says of each school at one moment."""
+
+    registry: SchoolRegistry
+    facts: Facts
+    at: datetime
+    rules: Rules
+
+    def rows(self) -> list[Row]:
+        return compute(self.registry, self.facts, self.at, self.rules)
+
+    def chase_lines(self, stamp: datetime | None = None) -> list[str]:
+        """``rollout_school``: a point per school at risk, dropped off or never reported.
+
+        Stamped with the survey's moment, or ``stamp`` (a test's own clock).
+        """
+        at_ns = _ns(stamp or self.at)
+        found = []
+        for school in self.registry:
+            for metric in sorted(school_metrics(school, self.facts, self.at, self.rules)):
+                if metric not in CHASE:
+                    continue
+                last = self.facts.last_report.get(school.school_id)
+                tags = {"metric": metric, "region": school.region, "school_id": school.school_id}
+                fields: dict[str, FieldValue] = {
+                    "name": school.name,
+                    "last_report_ms": None if last is None else _ns(last) // 1_000_000,
+                }
+                found.append(encode(ROLLOUT_SCHOOL, tags, fields, at_ns))
+        return found
+
+
+def survey(ql: InfluxQL, at: datetime | None = None, rules: Rules | None = None) -> Survey | None:
+    """The facts at ``at`` (default now); None when no registry was imported by then."""
     at = at or datetime.now(UTC)
     rules = rules or Rules()
     registry = load_registry(ql, before_ns=_ns(at))
     if registry is None:
         return None
-    return compute(registry, read_facts(ql, at, rules), at, rules)
+    return Survey(registry, read_facts(ql, at, rules), at, rules)
+
+
+def rollout(
+    ql: InfluxQL, at: datetime | None = None, rules: Rules | None = None
+) -> list[Row] | None:
+    """The percentages at ``at`` (default now); None when no registry was imported by then."""
+    found = survey(ql, at, rules)
+    return None if found is None else found.rows()
 
 
 def rollout_lines(rows: Iterable[Row], at: datetime) -> list[str]:

@@ -87,7 +87,12 @@ def run_collector(settings: CollectorSettings) -> int:
         settings.mqtt.topic_root,
         writer,
     )
-    rollup = Rollup(settings, make_history_writer(settings.influx))
+    rollup = Rollup(
+        settings,
+        make_history_writer(settings.influx),
+        make_writer(settings.influx),
+        draining=pipeline.draining,
+    )
     consumer.start()
     rollup.start()
     if late is not None:

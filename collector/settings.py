@@ -97,7 +97,8 @@ class RolloutSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    interval_s: float = Field(default=300.0, ge=10, le=86_400)
+    # at most 10 minutes: the national dashboard lists the schools to chase from the last runs
+    interval_s: float = Field(default=300.0, ge=10, le=600)
     threshold_mbps: float = Field(default=20.0, gt=0, le=100_000)
     speed_window_days: float = Field(default=30.0, gt=0, le=366)
     reporting_days: float = Field(default=7.0, gt=0, le=366)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,13 +14,15 @@ from typing import Any
 import pytest
 from localstack import Process
 
+from collector import rollup as rollup_module
 from collector.fleet import Fleet, generate, ground_truth, messages, write_direct
-from collector.influx import make_history_writer
+from collector.influx import make_history_writer, make_writer
 from collector.influx.query import InfluxQL
 from collector.influx.v1 import V1Writer
 from collector.registry import SchoolRegistry
-from collector.rollout import DEFINITIONS, NATIONAL, rollout, rollout_lines
-from collector.settings import InfluxSettings
+from collector.rollout import CHASE, DEFINITIONS, NATIONAL, ROLLOUT_SCHOOL, rollout, rollout_lines
+from collector.rollup import Rollup
+from collector.settings import CollectorSettings, InfluxSettings
 from tests.conftest import start_collector
 from tests.support.services import Influx, collector_process, command_env, wait_for
 
@@ -122,6 +126,55 @@ def test_the_collector_writes_the_rollout_every_interval(
     truth = ground_truth(fleet, at)  # the truth at the rollup's own moment
     for series in found:
         assert series.values[0][1] == pytest.approx(truth[series.tags["metric"], NATIONAL], abs=0.1)
+    listed = stored.client.query(
+        f'SELECT last("name") AS "name", last("last_report_ms") AS "last" FROM "{ROLLOUT_SCHOOL}" '
+        'GROUP BY "metric", "school_id"'
+    )
+    shown = {(s.tags["metric"], s.tags["school_id"]): s.values[0][2] for s in listed}
+    assert shown == _to_chase(fleet, at)
+    assert {metric for metric, _ in shown} == set(CHASE)
+
+
+def _to_chase(fleet: Fleet, at: datetime) -> dict[tuple[str, str], int | None]:
+    """(metric, school) -> its last report (ms) for the schools at risk, dropped off or silent."""
+    found: dict[tuple[str, str], int | None] = {}
+    for record in fleet.records:
+        last = record.last_report
+        if last is None:
+            metric = "never_reported"
+        elif at - last > timedelta(days=28):
+            metric = "dropped_off"
+        elif at - last > timedelta(days=21):
+            metric = "at_risk"
+        else:
+            continue
+        found[metric, record.school.school_id] = (
+            None if last is None else int(last.timestamp() * 1000)
+        )
+    return found
+
+
+def test_a_rollup_waits_while_the_collector_drains_a_backlog(
+    fleet: Fleet, stored: Influx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rollup_module, "DRAIN_POLL_S", 0.05)
+    settings = CollectorSettings(
+        influx=InfluxSettings(url=stored.url, database=stored.database),
+        rollout={"interval_s": 60},
+    )
+    draining = threading.Event()
+    draining.set()
+    influx = settings.influx
+    job = Rollup(settings, make_history_writer(influx), make_writer(influx), draining.is_set)
+    count = 'SELECT count("percent") FROM "history"."rollout"'
+    job.start()
+    try:
+        time.sleep(1.5)
+        assert stored.client.query(count) == []  # postponed while the backlog drains
+        draining.clear()
+        wait_for(lambda: stored.client.query(count), timeout=30, what="the postponed rollup")
+    finally:
+        job.stop()
 
 
 def test_the_simulator_publishes_through_the_broker_and_collector(

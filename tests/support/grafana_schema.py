@@ -120,7 +120,8 @@ def _module(board: dict[str, Any]) -> _Module:
     for number, item in enumerate(panels):  # one literal each: tsc reports per panel
         module.declare(item, f"/panels/{number}", f"const panel_{number}: AnyPanel = ")
     names = ", ".join(f"panel_{number}" for number in range(len(panels)))
-    module.declare(board | {"panels": _Raw(f"[{names}]")}, "", "export const board: J<Dashboard> = ")
+    whole = board | {"panels": _Raw(f"[{names}]")}
+    module.declare(whole, "", "export const board: J<Dashboard> = ")
     for item, pointer in _panels(panels):
         if item.get("type") == "row":
             continue
@@ -189,8 +190,9 @@ def check(boards: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
                 match = ERROR.match(line)
                 if match and Path(match[1]).name in modules:
                     name, module = modules[Path(match[1]).name]
-                    line = f"{name}#{module.where[int(match[2]) - 1]}: {match[3]}"
-                errors.append(line)
+                    errors.append(f"{name}#{module.where[int(match[2]) - 1]}: {match[3]}")
+                else:
+                    errors.append(line)
             if done.returncode and not errors:
                 errors.append(f"tsc exited {done.returncode} with no message")
             found[version] = errors
