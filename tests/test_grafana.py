@@ -53,7 +53,8 @@ def stored(fleet: Fleet, database: Influx) -> Iterator[InfluxQL]:
         found = survey(client, at)
         assert found is not None
         history.write(rollout_lines(found.rows(), at))
-    writer.write(found.chase_lines(stamp=datetime.now(UTC)))  # within the panel's window
+        if at == NOW:
+            writer.write(found.chase_lines(stamp=datetime.now(UTC)))  # in the panel's window
     tags = {"collector_id": "c1"}
     writer.write(
         [
