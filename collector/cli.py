@@ -197,6 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="school-monitor/dead-letter",
         help="the collectors' mqtt.dead_letter_topic, for the ACL (default: %(default)s)",
     )
+    routing = commands.add_parser(
+        "alert-routing",
+        help="write Grafana's contact points and notification policy from a teams file",
+        description="Turn a teams file (deploy/alert-teams.example.toml) into Grafana's alerting "
+        "provisioning: e-mail, Telegram and webhook contact points, one route per region team, "
+        "notifications grouped by rule and region. Secrets stay in Grafana's environment.",
+    )
+    routing.add_argument("teams", type=Path, help="the teams file (TOML)")
+    routing.add_argument(
+        "--out",
+        type=Path,
+        help="write here (e.g. /etc/grafana/provisioning/alerting/notifications.yaml) "
+        "instead of printing",
+    )
     return parser
 
 
@@ -207,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return speed_server.serve(args.host, args.port)
     if args.command == "provision":
         return _provision(args)
+    if args.command == "alert-routing":
+        return _alert_routing(args.teams, args.out)
     try:
         settings = load_settings(CollectorSettings, args.config)
     except ConfigError as exc:
@@ -233,6 +249,26 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
     except RegistryError as exc:
         print(f"school-collector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _alert_routing(teams_file: Path, out: Path | None) -> int:
+    from collector.alert_routing import RoutingError, load_teams, render  # noqa: PLC0415
+
+    try:
+        text = render(load_teams(teams_file))
+    except RoutingError as exc:
+        print(f"school-collector alert-routing: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        print(f"school-collector alert-routing: cannot write {out}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {out}: copy it to /etc/grafana/provisioning/alerting/ and restart Grafana")
+    return 0
 
 
 def _registry(settings: CollectorSettings, args: argparse.Namespace) -> int:

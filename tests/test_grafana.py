@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from agent.contract import DeviceKind, DeviceState
+from collector.alert_routing import load_teams, provisioning
 from collector.fleet import Fleet, SchoolRecord, generate, ground_truth, write_direct
 from collector.influx import make_history_writer
 from collector.influx.query import InfluxQL, Series
@@ -584,3 +585,37 @@ def test_the_chase_list_shows_the_schools_to_chase(fleet: Fleet, stored: InfluxQ
     assert {metric for metric, _ in shown} == {"never_reported", "dropped_off", "at_risk"}
     regions = {r.school.school_id: r.school.region for r in fleet.records}
     assert all(s.tags["region"] == regions[s.tags["school_id"]] for s in series)
+
+
+def test_an_alert_storm_becomes_one_notification_per_rule_and_region(
+    fleet: Fleet, stored: InfluxQL
+) -> None:
+    """Grafana's Alertmanager sends one notification per route and group_by values."""
+    teams = load_teams(REPO / "deploy" / "alert-teams.example.toml")
+    (policy,) = provisioning(teams)["policies"]
+    rules = yaml.safe_load(
+        (GRAFANA / "provisioning" / "alerting" / "school-monitor.yaml").read_text()
+    )["groups"][0]
+    instances = 0
+    notifications: dict[str, set[tuple[str, ...]]] = {}
+    for uid in ("school-below-standard", "panic-button-down", "agent-offline"):
+        rule = _alert(uid)
+        for instance in _firing(stored, uid):
+            labels = instance.labels | rule["labels"] | {
+                "alertname": rule["title"], "grafana_folder": rules["folder"]
+            }  # fmt: skip
+            route = next(
+                (r for r in policy["routes"]
+                 if all(labels.get(k) == v for k, _, v in r["object_matchers"])),
+                policy,
+            )  # fmt: skip
+            key = tuple(labels.get(name, "") for name in route["group_by"])
+            notifications.setdefault(route["receiver"], set()).add(key)
+            instances += 1
+    sent = sum(len(keys) for keys in notifications.values())
+    regions = {r.school.region for r in fleet.records}
+    assert instances > 3 * sent  # hundreds of schools, a few dozen messages
+    assert sent <= 3 * len(regions)
+    # Turkistan has its own team in the example; its alerts reach it and nobody else
+    assert {key[2] for key in notifications["school-monitor Turkistan"]} == {"Turkistan"}
+    assert "Turkistan" not in {key[2] for key in notifications["school-monitor national"]}
