@@ -123,3 +123,24 @@ def test_a_missing_teams_file_points_at_the_example(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "deploy/alert-teams.example.toml" in done.stderr
+
+
+def test_every_alert_condition_is_a_threshold_or_reduce_on_reduced_data() -> None:
+    """Grafana alerts only on numbers: the condition ends in a reduce or threshold."""
+    rules = _load(GRAFANA / "alerting" / "school-monitor.yaml")["groups"][0]["rules"]
+    assert len(rules) == 8
+    for rule in rules:
+        models = {item["refId"]: item for item in rule["data"]}
+        condition = models[rule["condition"]]
+        assert condition["datasourceUid"] == "__expr__", rule["uid"]
+        assert condition["model"]["type"] in ("reduce", "threshold"), rule["uid"]
+        for item in rule["data"]:  # every query is reduced before anything uses it
+            if item["datasourceUid"] != "__expr__":
+                ref = item["refId"]
+                users = [
+                    m for m in models.values()
+                    if m["model"].get("expression") == ref
+                    or f"${ref}" in str(m["model"].get("expression", ""))
+                ]  # fmt: skip
+                assert users, (rule["uid"], item["refId"])
+                assert all(m["model"]["type"] == "reduce" for m in users), (rule["uid"], users)
