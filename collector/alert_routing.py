@@ -9,12 +9,15 @@ they recover, instead of one message per school.
 
 Secrets never go in the teams file or the output: the Telegram bot token and
 any webhook credentials are named as environment variables, which Grafana
-expands when it loads the file (``$__env{NAME}``).
+expands when it loads the file (``$__env{NAME}``). Grafana expands the
+environment in contact-point settings, so a ``$`` of the teams file's own is
+written ``$$``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -115,6 +118,11 @@ def _uid(team: str, kind: str) -> str:
     return f"sm-{slug}-{digest}-{kind}"
 
 
+def _literal(value: str) -> str:
+    """``value`` as Grafana's environment expansion will leave it."""
+    return value.replace("$", "$$")
+
+
 def _contact_point(name: str, team: Team) -> dict[str, Any]:
     receivers: list[dict[str, Any]] = []
     if team.email:
@@ -123,7 +131,7 @@ def _contact_point(name: str, team: Team) -> dict[str, Any]:
                 "uid": _uid(name, "email"),
                 "type": "email",
                 "settings": {
-                    "addresses": ";".join(team.email),
+                    "addresses": _literal(";".join(team.email)),
                     "singleEmail": True,
                     "subject": TITLE,
                     "message": MESSAGE,
@@ -137,7 +145,7 @@ def _contact_point(name: str, team: Team) -> dict[str, Any]:
                 "type": "telegram",
                 "settings": {
                     "bottoken": f"$__env{{{TELEGRAM_TOKEN_ENV}}}",
-                    "chatid": team.telegram_chat_id,
+                    "chatid": _literal(team.telegram_chat_id),
                     "parse_mode": "None",
                     "message": f"{TITLE}\n{MESSAGE}",
                 },
@@ -145,7 +153,7 @@ def _contact_point(name: str, team: Team) -> dict[str, Any]:
         )
     if team.webhook_url:
         settings: dict[str, Any] = {
-            "url": team.webhook_url.replace("$", "$$"),
+            "url": _literal(team.webhook_url),
             "httpMethod": "POST",
             "maxAlerts": 0,
             "title": TITLE,
@@ -195,22 +203,10 @@ def provisioning(teams: Teams) -> dict[str, Any]:
 
 
 def render(teams: Teams) -> str:
-    """The provisioning file's text: YAML, templates as literal blocks, a header comment."""
-    import yaml  # noqa: PLC0415 - only this command needs it
+    """The provisioning file's text, as JSON.
 
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-        style = "|" if "\n" in value else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    Dumper.add_representer(str, text)
-    header = (
-        "# Written by `school-collector alert-routing`: edit the teams file and run it again.\n"
-        "# Copy to /etc/grafana/provisioning/alerting/ beside school-monitor.yaml. It replaces\n"
-        "# the organisation's notification policy tree (README, Alert routing). Grafana reads\n"
-        f"# the secrets from its environment: {TELEGRAM_TOKEN_ENV} and any webhook_token_env.\n"
-    )
-    body = yaml.dump(provisioning(teams), Dumper=Dumper, sort_keys=False, allow_unicode=True)
-    return header + body
+    Grafana's alerting provisioning reads ``.json`` as well as ``.yaml`` (it
+    parses both as YAML), and JSON needs no library on the agents' machines,
+    which install the same package.
+    """
+    return json.dumps(provisioning(teams), indent=2, ensure_ascii=False) + "\n"

@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument(
         "--out",
         type=Path,
-        help="write here (e.g. /etc/grafana/provisioning/alerting/notifications.yaml) "
+        help="write here (e.g. /etc/grafana/provisioning/alerting/notifications.json) "
         "instead of printing",
     )
     return parser

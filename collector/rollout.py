@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -138,14 +138,17 @@ def school_metrics(school: School, facts: Facts, at: datetime, rules: Rules) -> 
     return found
 
 
-def compute(registry: SchoolRegistry, facts: Facts, at: datetime, rules: Rules) -> list[Row]:
-    """Every metric, nationally and for every region, in a stable order."""
+def compute(registry: SchoolRegistry, metrics: Mapping[str, set[str]]) -> list[Row]:
+    """Every metric, nationally and for every region, in a stable order.
+
+    ``metrics``: each school's metrics (:func:`school_metrics`), by school id.
+    """
     counts: dict[tuple[str, str], int] = defaultdict(int)
     totals: dict[str, int] = defaultdict(int)
     for school in registry:
         totals[NATIONAL] += 1
         totals[school.region] += 1
-        for metric in school_metrics(school, facts, at, rules):
+        for metric in metrics[school.school_id]:
             counts[metric, NATIONAL] += 1
             counts[metric, school.region] += 1
     regions = [NATIONAL, *registry.regions()]
@@ -158,15 +161,15 @@ def compute(registry: SchoolRegistry, facts: Facts, at: datetime, rules: Rules) 
 
 @dataclass(frozen=True)
 class Survey:
-    """The registry and what InfluxDB says of each school at one moment."""
+    """The registry, what InfluxDB says of each school, and its metrics, at one moment."""
 
     registry: SchoolRegistry
     facts: Facts
     at: datetime
-    rules: Rules
+    metrics: dict[str, set[str]]  # school id -> the metrics it counts towards
 
     def rows(self) -> list[Row]:
-        return compute(self.registry, self.facts, self.at, self.rules)
+        return compute(self.registry, self.metrics)
 
     def chase_lines(self, stamp: datetime | None = None) -> list[str]:
         """``rollout_school``: a point per school at risk, dropped off or never reported.
@@ -176,9 +179,7 @@ class Survey:
         at_ns = _ns(stamp or self.at)
         found = []
         for school in self.registry:
-            for metric in sorted(school_metrics(school, self.facts, self.at, self.rules)):
-                if metric not in CHASE:
-                    continue
+            for metric in sorted(self.metrics[school.school_id] & set(CHASE)):
                 last = self.facts.last_report.get(school.school_id)
                 tags = {"metric": metric, "region": school.region, "school_id": school.school_id}
                 fields: dict[str, FieldValue] = {
@@ -196,7 +197,9 @@ def survey(ql: InfluxQL, at: datetime | None = None, rules: Rules | None = None)
     registry = load_registry(ql, before_ns=_ns(at))
     if registry is None:
         return None
-    return Survey(registry, read_facts(ql, at, rules), at, rules)
+    facts = read_facts(ql, at, rules)
+    metrics = {school.school_id: school_metrics(school, facts, at, rules) for school in registry}
+    return Survey(registry, facts, at, metrics)
 
 
 def rollout(

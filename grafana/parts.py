@@ -100,6 +100,19 @@ def school_link(school: str, region: str) -> Json:
     }
 
 
+def school_column() -> Json:
+    """An override: a table's ``school_id`` cells open that school (rows with a region)."""
+    return by_name("school_id", links=[school_link("${__value.raw}", "${__data.fields.region}")])
+
+
+def hide(*names: str) -> Json:
+    """A transformation: leave ``names`` out of the table (InfluxQL's Time, mostly)."""
+    return {"id": "organize", "options": {"excludeByName": dict.fromkeys(names, True)}}
+
+
+HIDE_TIME = hide("Time")
+
+
 def region_link(region: str) -> Json:
     return {
         "title": "Open the region",

@@ -55,7 +55,7 @@ def test_the_example_teams_become_contact_points_and_routes_by_region(
 ) -> None:
     secret = "123456:very-secret-token"
     monkeypatch.setenv(TELEGRAM_TOKEN_ENV, secret)
-    out = tmp_path / "notifications.yaml"
+    out = tmp_path / "notifications.json"
     done = subprocess.run(
         [sys.executable, "-m", "collector", "alert-routing", str(EXAMPLE), "--out", str(out)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -63,7 +63,7 @@ def test_the_example_teams_become_contact_points_and_routes_by_region(
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert secret not in text + done.stdout + done.stderr
-    document = yaml.safe_load(text)
+    document = yaml.safe_load(text)  # Grafana parses .json files as YAML too
     assert check_notifications(document) == []
     points = {p["name"]: p for p in document["contactPoints"]}
     assert set(points) == {
@@ -85,12 +85,13 @@ def test_the_example_teams_become_contact_points_and_routes_by_region(
 def test_a_region_name_of_any_script_gives_valid_uids(tmp_path: Path) -> None:
     teams = tmp_path / "teams.toml"
     teams.write_text(
-        '[national]\nemail = ["noc@example.kz"]\n'
+        '[national]\nemail = ["noc@example.kz", "duty$desk@example.kz"]\n'
         '[regions."Алматы облысы / Жетісу"]\ntelegram_chat_id = "-100"\n'
     )
     document = provisioning(load_teams(teams))
     assert check_notifications(document) == []
     assert yaml.safe_load(render(load_teams(teams))) == document
+    assert "Алматы" in render(load_teams(teams))  # readable, not escaped
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from grafana.parts import DEVICES_UID, Json, by_name, dashboard, field, panel, school_link, target
+from grafana.parts import (
+    DEVICES_UID,
+    HIDE_TIME,
+    Json,
+    by_name,
+    dashboard,
+    field,
+    panel,
+    school_column,
+    target,
+)
 
 DEVICES_NOT_UP = (
     'SELECT "state", "since_ms" FROM (SELECT last("state_code") AS "code", last("state") AS '
@@ -27,13 +37,10 @@ def devices() -> Json:
                 "string",
                 [
                     by_name("since_ms", unit="dateTimeAsIso", displayName="since"),
-                    by_name(
-                        "school_id",
-                        links=[school_link("${__value.raw}", "${__data.fields.region}")],
-                    ),
+                    school_column(),
                 ],
             ),
-            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            transformations=[HIDE_TIME],
         ),
         panel(
             "Devices not up now, by kind",

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from grafana.parts import FLEET_UID, Json, by_name, dashboard, field, panel, school_link, target
+from grafana.parts import (
+    FLEET_UID,
+    HIDE_TIME,
+    Json,
+    by_name,
+    dashboard,
+    field,
+    panel,
+    school_column,
+    target,
+)
 
 
 def fleet() -> Json:
@@ -24,10 +34,7 @@ def fleet() -> Json:
                 [
                     by_name("Time", unit="dateTimeAsIso", displayName="offline since"),
                     by_name("online", unit="bool_yes_no"),
-                    by_name(
-                        "school_id",
-                        links=[school_link("${__value.raw}", "${__data.fields.region}")],
-                    ),
+                    school_column(),
                 ],
             ),
         ),
@@ -103,7 +110,7 @@ def fleet() -> Json:
             ],
             (16, 10, 8, 6),
             fieldConfig=field("decbytes"),
-            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            transformations=[HIDE_TIME],
         ),
     ]
     return dashboard(FLEET_UID, "School monitor: fleet health", panels)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from grafana.parts import (
+    HIDE_TIME,
     NATIONAL_UID,
     STANDARD_MBPS,
     Json,
     by_name,
     dashboard,
     field,
+    hide,
     panel,
     percent_field,
     region_link,
+    school_column,
     school_link,
     speed_colours,
     target,
@@ -101,10 +104,7 @@ def school_map() -> Json:
         (0, 10, 12, 14),
         transformations=[
             {"id": "joinByField", "options": {"byField": "school_id", "mode": "outer"}},
-            {
-                "id": "organize",
-                "options": {"excludeByName": {"Time": True, "Time 1": True, "Time 2": True}},
-            },
+            hide("Time", "Time 1", "Time 2"),
         ],
         fieldConfig=field(
             "none",
@@ -204,14 +204,12 @@ def chase() -> Json:
             "none",
             [
                 by_name("last report", unit="dateTimeAsIso", noValue="never"),
-                by_name(
-                    "school_id", links=[school_link("${__value.raw}", "${__data.fields.region}")]
-                ),
+                school_column(),
                 by_name("region", links=[region_link("${__value.raw}")]),
             ],
         ),
         options={"sortBy": [{"displayName": "last report", "desc": False}]},
-        transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        transformations=[HIDE_TIME],
     )
 
 

@@ -7,7 +7,15 @@ collector since it started, so every panel takes differences per
 
 from __future__ import annotations
 
-from grafana.parts import PIPELINE_UID, Json, dashboard, field, panel, target
+from grafana.parts import (
+    HIDE_TIME,
+    PIPELINE_UID,
+    Json,
+    dashboard,
+    field,
+    panel,
+    target,
+)
 
 COUNTERS = ("write_retries", "device_report_gaps", "agent_restarts")
 
@@ -100,7 +108,7 @@ def pipeline() -> Json:
             (12, 22, 12, 8),
             options={"sortBy": [{"displayName": "rejected", "desc": True}]},
             fieldConfig=field("short", decimals=0),
-            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            transformations=[HIDE_TIME],
         ),
     ]
     return dashboard(PIPELINE_UID, "School monitor: pipeline health", panels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafana.parts import (
     DATASOURCE,
+    HIDE_TIME,
     SCHOOL_UID,
     STANDARD_MBPS,
     Json,
@@ -59,7 +60,7 @@ def school() -> Json:
             (0, 0, 12, 9),
             fieldConfig=percent_field((None, "text"))
             | {"overrides": [by_name("schools", unit="short"), by_name("total", unit="short")]},
-            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            transformations=[HIDE_TIME],
         ),
         panel(
             "Schools of $region (a school opens its page)",
@@ -87,7 +88,7 @@ def school() -> Json:
                 thresholds=steps((None, "red"), (1, "orange"), (STANDARD_MBPS, "green")),
             ),
             options={"sortBy": [{"displayName": "average", "desc": False}]},
-            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            transformations=[HIDE_TIME],
         ),
         panel(
             f"$school: download and upload against the {STANDARD_MBPS} Mbps standard",
@@ -127,7 +128,7 @@ def school() -> Json:
             ],
             (0, 19, 24, 8),
             fieldConfig=field("string", [by_name("since", unit="dateTimeAsIso")]),
-            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            transformations=[HIDE_TIME],
         ),
     ]
     return dashboard(

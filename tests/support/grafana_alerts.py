@@ -379,6 +379,17 @@ def _instance(number: Number, captured: dict[str, list[Number]]) -> Instance:
 
 # -- annotation templates ------------------------------------------------------------
 
+
+def _format_float(value: float) -> str:
+    """Go's strconv.FormatFloat(v, 'f', -1, 64), which $values.X prints."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    text = format(value, "f") if value.is_integer() else repr(value)
+    return text.removesuffix(".000000") if value.is_integer() else text
+
+
 _ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}")
 _PRINTF = re.compile(r'printf\s+"([^"]*)"\s+(\$values\.\w+\.Value)')
 
@@ -399,7 +410,7 @@ def render(template: str, instance: Instance) -> str:
                 if parts[2] != "Value":
                     raise RuleError(f"template: unsupported field {path}")
                 return value
-            return repr(value).removesuffix(".0") if value.is_integer() else repr(value)
+            return _format_float(value)
         raise RuleError(f"template: unsupported {path!r}")
 
     def action(match: re.Match[str]) -> str:
