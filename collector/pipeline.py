@@ -22,6 +22,7 @@ from typing import Protocol
 
 from agent.contract import AgentStatus, DeadLetter, DevicesReport, RejectReason, StatusReason
 from collector.counters import Counters, over_budget_lines
+from collector.current_state import LateMarks
 from collector.device_book import DeviceBook, Numbering
 from collector.influx import InfluxError, InfluxRejected, InfluxUnavailable, InfluxWriter
 from collector.influx.query import InfluxQL, influx_lookup
@@ -52,6 +53,9 @@ class Outlet(Protocol):
     def is_current(self, item: Incoming) -> bool: ...
     def ack(self, item: Incoming) -> None: ...
     def dead_letter(self, letters: list[DeadLetter]) -> bool: ...
+
+
+MARK = -1  # the item index of a line that belongs to no message (a stored_late marker)
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Pipeline:
         self._registry_loader = registry_loader
         self._registry = registry
         self._late = late
+        self._late_marks = LateMarks()
         # Bounded by the receive window. A broker keeps at most
         # mqtt.receive_maximum unacknowledged messages in flight, so this never
         # fills; one that sends more (Mosquitto 2.0.11 does, once acknowledgements
@@ -292,9 +297,11 @@ class Pipeline:
             )
 
     def _process(self, batch: _Batch, outlet: Outlet) -> None:
-        refused = self._write(batch.lines)
+        measured = [batch.measured[i] for i in batch.measured if i not in batch.rejects]
+        refused = self._write(batch.lines, lambda: self._late_marks.lines(measured, time.time_ns()))
         if refused is None:
             return  # stopping during an outage: acknowledge nothing, the broker keeps it all
+        self._late_marks.written()
         for index, reason in refused.items():
             batch.rejects.setdefault(index, Rejection(RejectReason.INFLUX_REJECTED, reason))
         unacked: set[int] = set()
@@ -355,14 +362,21 @@ class Pipeline:
                 rejection.detail,
             )
 
-    def _write(self, lines: list[tuple[str, int]]) -> dict[int, str] | None:
-        """Write until InfluxDB accepts; return the refused items' reasons (None if stopped)."""
+    def _write(
+        self, lines: list[tuple[str, int]], marks: Callable[[], list[str]] = list
+    ) -> dict[int, str] | None:
+        """Write until InfluxDB accepts; return the refused items' reasons (None if stopped).
+
+        ``marks()``: lines that go with each attempt, made at its time (the
+        ``stored_late`` markers, which say how late the points are stored).
+        """
         delay = self._settings.batch.retry_initial_s
         outage_logged = False
         while True:
             try:
                 refused: dict[int, str] = {}
-                self._isolate(lines, refused)
+                self._isolate(lines + [(line, MARK) for line in marks()], refused)
+                refused.pop(MARK, None)
             except InfluxUnavailable as exc:
                 if not outage_logged:
                     log.error(  # noqa: TRY400 - an outage is expected; no traceback

@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from collector.influx import HISTORY, InfluxError
+from collector.influx import HISTORY, STATE, STATE_DURATION, InfluxError
 from collector.influx.query import InfluxQL, InfluxQueryError
 from collector.points import ns
 from collector.settings import CollectorSettings
@@ -210,6 +210,7 @@ def apply(ql: InfluxQL, plan: Plan) -> list[str]:
             f'ALTER RETENTION POLICY "{HISTORY}" ON {db} DURATION {plan.history_duration()} '
             "SHARD DURATION 30d"
         ),
+        f'ALTER RETENTION POLICY "{STATE}" ON {db} DURATION {STATE_DURATION} SHARD DURATION 1h',
     ]
     existing = {
         row["name"]

@@ -190,14 +190,20 @@ class Survey:
         return found
 
 
-def survey(ql: InfluxQL, at: datetime | None = None, rules: Rules | None = None) -> Survey | None:
-    """The facts at ``at`` (default now); None when no registry was imported by then."""
+def survey(
+    ql: InfluxQL, at: datetime | None = None, rules: Rules | None = None, facts: Facts | None = None
+) -> Survey | None:
+    """The facts at ``at`` (default now); None when no registry was imported by then.
+
+    ``facts``: known already (the collector's current state); else read from raw points.
+    """
     at = at or datetime.now(UTC)
     rules = rules or Rules()
     registry = load_registry(ql, before_ns=_ns(at))
     if registry is None:
         return None
-    facts = read_facts(ql, at, rules)
+    if facts is None:
+        facts = read_facts(ql, at, rules)
     metrics = {school.school_id: school_metrics(school, facts, at, rules) for school in registry}
     return Survey(registry, facts, at, metrics)
 

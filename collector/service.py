@@ -17,6 +17,7 @@ from collector.registry import SchoolRegistry
 from collector.registry_store import load_registry
 from collector.rollup import Rollup
 from collector.settings import CollectorSettings
+from collector.state_keeper import StateKeeper
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,16 @@ def run_collector(settings: CollectorSettings) -> int:
         settings.mqtt.topic_root,
         writer,
     )
-    rollup = Rollup(
-        settings,
-        make_history_writer(settings.influx),
-        make_writer(settings.influx),
-        draining=pipeline.draining,
-    )
+    rollup: Rollup | StateKeeper
+    if settings.state.enabled:  # the rollout from the current state, without raw queries
+        rollup = StateKeeper(settings, draining=pipeline.draining)
+    else:
+        rollup = Rollup(
+            settings,
+            make_history_writer(settings.influx),
+            make_writer(settings.influx),
+            draining=pipeline.draining,
+        )
     consumer.start()
     rollup.start()
     if late is not None:

@@ -110,6 +110,16 @@ class RolloutSettings(BaseModel):
         return Rules(**self.model_dump(exclude={"interval_s"}))
 
 
+class StateSettings(BaseModel):
+    """The current state the collector keeps for "now" questions (README, "The current state")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # at most 2 minutes: readers scan 20 minutes, a refresh (15) and two ticks
+    interval_s: float = Field(default=60.0, ge=5, le=120)
+
+
 class RetentionSettings(BaseModel):
     """How long InfluxDB keeps raw points and their summaries (README, "Retention")."""
 
@@ -142,6 +152,7 @@ class CollectorSettings(FileSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     school_budget: SchoolBudgetSettings = Field(default_factory=SchoolBudgetSettings)
     registry_file: Path | None = None
     registry_refresh_s: float = Field(default=300.0, ge=1, le=86_400)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from collector.current_state import SCHOOL_STATE, WINDOW
+
 DATASOURCE = {"type": "influxdb", "uid": "school-monitor-influxdb"}
 TAGS = ["school-monitor"]
 STANDARD_MBPS = 20  # the national standard; the collector's rollout.threshold_mbps
@@ -34,6 +36,44 @@ def target(query: str, ref: str = "A", fmt: str = "time_series", alias: str = ""
     if alias:
         found["alias"] = alias
     return found
+
+
+# The collector's rollup writes the rollout and the schools to chase on every run: every
+# rollout.interval_s (at most 10 minutes), a run postponed by at most one interval while a
+# backlog drains. Panels of the latest figures read this far back.
+LATEST_RUNS = "25m"
+SCHOOL_GROUPS = '"region", "school_id"'
+DEVICE_GROUPS = '"region", "school_id", "device_id", "kind"'
+
+
+def newest(
+    columns: str,
+    measurement: str = SCHOOL_STATE,
+    groups: str = SCHOOL_GROUPS,
+    *,
+    where: str = "",
+    inner: str = "",
+    window: str = f"time > now() - {WINDOW}",
+    by: str | None = None,
+) -> str:
+    """``columns`` of each series' newest point in the current state (collector.current_state).
+
+    The inner query takes each series' newest point whole (a field left out of it
+    is no longer true); ``inner`` filters on tags there, ``where`` on fields
+    outside. Both levels are bounded in time: InfluxDB 1.x scans every shard for a
+    subquery without an outer bound. ``window``: a time condition (an alert's
+    ``$timeFilter``). ``by``: the outer GROUP BY, when it is not ``groups``
+    (an aggregate over every series: "").
+    """
+    inner_where = f"{inner} AND {window}" if inner else window
+    outer_where = f"{where} AND {window}" if where else window
+    by = groups if by is None else by
+    return (
+        f'SELECT {columns} FROM (SELECT * FROM "state"."{measurement}" WHERE {inner_where} '
+        f"GROUP BY {groups} ORDER BY time DESC LIMIT 1) WHERE {outer_where} "
+        + (f"GROUP BY {by} " if by else "")
+        + "ORDER BY time DESC"
+    )
 
 
 def panel(

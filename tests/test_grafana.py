@@ -30,6 +30,8 @@ from collector.rollout import DEFINITIONS, NATIONAL, rollout_lines, survey
 from collector.settings import InfluxSettings
 from grafana.build import render as build_dashboards
 from tests.support.grafana_alerts import NO_VALUE, Instance, RuleError, evaluate, fires, render
+from collector.settings import CollectorSettings
+from collector.state_keeper import StateKeeper
 from tests.support.services import REPO, Influx
 
 GRAFANA = REPO / "grafana"
@@ -74,8 +76,13 @@ def stored(fleet: Fleet, database: Influx) -> Iterator[InfluxQL]:
                    ns(datetime.now(UTC) - timedelta(minutes=2))),  # in the flood alert's window
         ]
     )  # fmt: skip
+    StateKeeper(CollectorSettings(influx=settings)).tick()  # the current state, from raw points
     yield client
     client.close()
+
+
+def writer_settings(database: Influx) -> InfluxSettings:
+    return InfluxSettings(url=database.url, database=database.database)
 
 
 def _school(fleet: Fleet) -> SchoolRecord:
@@ -400,6 +407,7 @@ def test_the_region_silent_alert_fires_when_most_of_a_region_is_cut_off(
             lines.append(encode("agent", tags | {"status": "offline"}, lost,
                                 ns(now - timedelta(minutes=20))))  # fmt: skip
     writer.write(lines)
+    StateKeeper(CollectorSettings(influx=writer_settings(database))).tick()  # a tick later
     firing = _firing(stored, "region-silent")
     assert [i.labels["region"] for i in firing] == [REGION]
     text = render(_alert("region-silent")["annotations"]["summary"], firing[0])

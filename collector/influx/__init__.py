@@ -10,6 +10,10 @@ from collector.settings import InfluxSettings
 # The retention policy (InfluxDB 2.x/3.x: the bucket "<database>/history") that
 # keeps the registry, the rollout percentages and the summaries for years.
 HISTORY = "history"
+# The retention policy (bucket "<database>/state") of the current state
+# (collector.current_state): a day is plenty, readers scan 20 minutes.
+STATE = "state"
+STATE_DURATION = "1d"
 
 
 class InfluxWriter(Protocol):
@@ -38,6 +42,8 @@ def make_history_writer(settings: InfluxSettings) -> InfluxWriter:
 
 __all__ = [
     "HISTORY",
+    "STATE",
+    "STATE_DURATION",
     "InfluxError",
     "InfluxRejected",
     "InfluxUnavailable",

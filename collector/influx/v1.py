@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import urllib3
 
-from collector.influx import HISTORY
+from collector.influx import HISTORY, STATE, STATE_DURATION
 from collector.influx.errors import InfluxUnavailable, explain
 from collector.settings import InfluxSettings
 
@@ -60,7 +60,7 @@ class V1Writer:
             raise explain(reply.status, error_message(reply.data))
 
     def ensure_database(self) -> None:
-        """``CREATE DATABASE`` and its ``history`` policy; a refusal is logged, not fatal.
+        """``CREATE DATABASE``, its ``history`` and ``state`` policies; a refusal is logged.
 
         Both statements are idempotent: a policy that exists already (perhaps
         with another duration, see :mod:`collector.retention`) is left alone.
@@ -69,6 +69,10 @@ class V1Writer:
         for statement in (
             f'CREATE DATABASE "{quoted}"',
             f'CREATE RETENTION POLICY "{HISTORY}" ON "{quoted}" DURATION INF REPLICATION 1',
+            (
+                f'CREATE RETENTION POLICY "{STATE}" ON "{quoted}" DURATION {STATE_DURATION} '
+                "REPLICATION 1 SHARD DURATION 1h"
+            ),
         ):
             reply = self._request("/query", {"q": statement}, b"")
             problem = (

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+from collector.current_state import DEVICE_STATE
 from grafana.parts import (
+    DEVICE_GROUPS,
     DEVICES_UID,
     HIDE_TIME,
     Json,
     by_name,
     dashboard,
     field,
+    newest,
     panel,
     school_column,
     target,
 )
 
-DEVICES_NOT_UP = (
-    'SELECT "state", "since_ms" FROM (SELECT last("state_code") AS "code", last("state") AS '
-    '"state", last("changed_at_ms") AS "since_ms" FROM "device" WHERE time > now() - 15m '
-    'GROUP BY "region", "school_id", "device_id", "kind") WHERE "code" >= 2 '
-    'GROUP BY "region", "school_id", "device_id", "kind"'
-)
-# A device reports at least every 5 minutes, so each interval of at least 5 minutes holds
-# every device's state; the last one in an interval is its state at the interval's end.
+# Devices down, late or stale, with a state reported in the last 15 minutes.
+DEVICES_NOT_UP = newest('"state", "since_ms"', DEVICE_STATE, DEVICE_GROUPS, where='"listed" = 1')
+# The collector counts devices not up every rollout.interval_s (5 minutes).
 REPORT_PERIOD = "5m"
 
 
@@ -47,7 +45,13 @@ def devices() -> Json:
             "bargauge",
             [
                 target(
-                    'SELECT count("state") FROM (' + DEVICES_NOT_UP + ') GROUP BY "kind"',
+                    newest(
+                        'count("state")',
+                        DEVICE_STATE,
+                        DEVICE_GROUPS,
+                        where='"listed" = 1',
+                        by='"kind"',
+                    ),
                     alias="$tag_kind",
                 )
             ],
@@ -59,10 +63,9 @@ def devices() -> Json:
             "timeseries",
             [
                 target(
-                    'SELECT count("code") FROM (SELECT last("state_code") AS "code" FROM "device" '
-                    "WHERE \"kind\" = 'panic_button' AND $timeFilter GROUP BY time($__interval), "
-                    '"school_id", "device_id") WHERE "code" = 3 AND $timeFilter '
-                    "GROUP BY time($__interval) fill(0)",
+                    'SELECT last("devices") FROM "history"."devices_not_up" WHERE "kind" = '
+                    "'panic_button' AND \"state\" = 'down' AND $timeFilter "
+                    "GROUP BY time($__interval) fill(none)",
                     alias="panic buttons down",
                 )
             ],

@@ -9,6 +9,7 @@ from grafana.parts import (
     by_name,
     dashboard,
     field,
+    newest,
     panel,
     school_column,
     target,
@@ -22,32 +23,25 @@ def fleet() -> Json:
             "table",
             [
                 target(
-                    'SELECT "online", "reason" FROM (SELECT last("online") AS "online", '
-                    'last("reason") AS "reason" FROM "agent" WHERE time > now() - 90d GROUP BY '
-                    '"region", "school_id") WHERE "online" = 0 GROUP BY "region", "school_id"',
+                    newest('"status_ms", "online", "reason"', where='"online" = 0'),
                     fmt="table",
                 )
             ],
             (0, 0, 12, 10),
+            transformations=[HIDE_TIME],
             fieldConfig=field(
                 "string",
                 [
-                    by_name("Time", unit="dateTimeAsIso", displayName="offline since"),
+                    by_name("status_ms", unit="dateTimeAsIso", displayName="offline since"),
                     by_name("online", unit="bool_yes_no"),
                     school_column(),
                 ],
             ),
         ),
         panel(
-            "Agent versions (schools online in the time range)",
+            "Agent versions (schools online in the last 30 days)",
             "piechart",
-            [
-                target(
-                    'SELECT last("version") AS "version" FROM "agent" WHERE "status" = '
-                    "'online' AND $timeFilter GROUP BY \"school_id\"",
-                    fmt="table",
-                )
-            ],
+            [target(newest('"version"', groups='"school_id"'), fmt="table")],
             (12, 0, 12, 10),
             transformations=[
                 {
@@ -76,24 +70,14 @@ def fleet() -> Json:
         panel(
             "Outbox backlog (messages waiting at agents)",
             "stat",
-            [
-                target(
-                    'SELECT sum("waiting") FROM (SELECT last("outbox_messages") AS "waiting" '
-                    'FROM "agent" WHERE $timeFilter GROUP BY "school_id")'
-                )
-            ],
+            [target(newest('sum("outbox_messages")', by=""))],
             (0, 10, 8, 6),
             fieldConfig=field("short", decimals=0),
         ),
         panel(
             "Outbox drops",
             "stat",
-            [
-                target(
-                    'SELECT sum("dropped") FROM (SELECT last("outbox_dropped") AS "dropped" '
-                    'FROM "agent" WHERE $timeFilter GROUP BY "school_id")'
-                )
-            ],
+            [target(newest('sum("outbox_dropped")', by=""))],
             (8, 10, 8, 6),
             fieldConfig=field("short", decimals=0),
         ),
@@ -102,9 +86,11 @@ def fleet() -> Json:
             "table",
             [
                 target(
-                    'SELECT last("data_used_month_bytes") AS "used", '
-                    'last("data_budget_month_bytes") AS "budget" FROM "agent" WHERE $timeFilter '
-                    'GROUP BY "school_id"',
+                    newest(
+                        '"data_used_month_bytes" AS "used", "data_budget_month_bytes" AS "budget"',
+                        groups='"school_id"',
+                        where='"data_used_month_bytes" >= 0',
+                    ),
                     fmt="table",
                 )
             ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafana.parts import (
     HIDE_TIME,
+    LATEST_RUNS,
     NATIONAL_UID,
     STANDARD_MBPS,
     Json,
@@ -11,6 +12,7 @@ from grafana.parts import (
     dashboard,
     field,
     hide,
+    newest,
     panel,
     percent_field,
     region_link,
@@ -40,9 +42,6 @@ SAFETY_STATS = [
     ("security_contract", "Security-service contract", True),
 ]
 WIDTHS = [3, 3, 3, 3, 4, 4, 4]
-# The rollup lists the schools to chase on every run: every rollout.interval_s (at most
-# 10 minutes), a run postponed by at most one interval while a backlog drains.
-CHASE_WINDOW = "25m"
 
 
 def stat_query(metric: str) -> str:
@@ -91,10 +90,7 @@ def school_map() -> Json:
         "table",
     )
     speeds = target(
-        'SELECT mean("download_mbps") AS "download_mbps" FROM "speed" WHERE '
-        '"result" = \'success\' AND $timeFilter GROUP BY "school_id"',
-        "B",
-        "table",
+        newest('"download_mean_mbps" AS "download_mbps"', groups='"school_id"'), "B", "table"
     )
     return panel(
         f"Schools by average download: good (at least {STANDARD_MBPS} Mbps), moderate "
@@ -156,7 +152,7 @@ def regions() -> Json:
         [
             target(
                 'SELECT last("percent") AS "percent" FROM "history"."rollout" WHERE "level" = '
-                '\'region\' AND $timeFilter GROUP BY "region", "metric"',
+                f'\'region\' AND time > now() - {LATEST_RUNS} GROUP BY "region", "metric"',
                 fmt="table",
             )
         ],
@@ -194,7 +190,7 @@ def chase() -> Json:
         [
             target(
                 'SELECT last("name") AS "name", last("last_report_ms") AS "last report" '
-                f'FROM "rollout_school" WHERE time > now() - {CHASE_WINDOW} '
+                f'FROM "rollout_school" WHERE time > now() - {LATEST_RUNS} '
                 'GROUP BY "metric", "region", "school_id"',
                 fmt="table",
             )

@@ -5,12 +5,14 @@ from __future__ import annotations
 from grafana.parts import (
     DATASOURCE,
     HIDE_TIME,
+    LATEST_RUNS,
     SCHOOL_UID,
     STANDARD_MBPS,
     Json,
     by_name,
     dashboard,
     field,
+    newest,
     panel,
     percent_field,
     school_link,
@@ -53,7 +55,8 @@ def school() -> Json:
                 target(
                     'SELECT last("percent") AS "percent", last("schools") AS "schools", '
                     'last("total") AS "total" FROM "history"."rollout" '
-                    'WHERE "region" =~ /^$region$/ AND $timeFilter GROUP BY "metric"',
+                    'WHERE "region" =~ /^$region$/ AND time > now() - '
+                    f'{LATEST_RUNS} GROUP BY "metric"',
                     fmt="table",
                 )
             ],
@@ -67,9 +70,12 @@ def school() -> Json:
             "table",
             [
                 target(
-                    'SELECT mean("download_mbps") AS "average", last("download_mbps") AS '
-                    '"latest", count("download_mbps") AS "tests" FROM "speed" WHERE "region" =~ '
-                    '/^$region$/ AND "result" = \'success\' AND $timeFilter GROUP BY "school_id"',
+                    newest(
+                        '"download_mean_mbps" AS "average", "download_latest_mbps" AS "latest", '
+                        '"tests" AS "tests"',
+                        groups='"school_id"',
+                        inner='"region" =~ /^$region$/',
+                    ),
                     fmt="table",
                 )
             ],
