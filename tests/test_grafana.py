@@ -27,11 +27,10 @@ from collector.influx.v1 import V1Writer
 from collector.line_protocol import FieldValue, encode
 from collector.points import ns
 from collector.rollout import DEFINITIONS, NATIONAL, rollout_lines, survey
-from collector.settings import InfluxSettings
+from collector.settings import CollectorSettings, InfluxSettings
+from collector.state_keeper import StateKeeper
 from grafana.build import render as build_dashboards
 from tests.support.grafana_alerts import NO_VALUE, Instance, RuleError, evaluate, fires, render
-from collector.settings import CollectorSettings
-from collector.state_keeper import StateKeeper
 from tests.support.services import REPO, Influx
 
 GRAFANA = REPO / "grafana"

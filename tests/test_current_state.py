@@ -1,0 +1,188 @@
+"""The current state equals what the raw points say: on a simulated fleet, and after late
+points, replays, redeliveries and Last Wills that go through a running collector."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from localstack import Mosquitto
+
+from agent.contract import AgentState, AgentStatus, HostHealth, StatusReason
+from collector.current_state import LATE_S
+from collector.fleet import Fleet, generate, write_direct
+from collector.influx.query import InfluxQL, quote_literal
+from collector.influx.v1 import V1Writer
+from collector.rollout import rollout
+from collector.settings import CollectorSettings, InfluxSettings
+from collector.state_keeper import StateKeeper
+from tests.conftest import start_collector
+from tests.support.publishing import SchoolPublisher, speed_report
+from tests.support.services import Influx, collector_process, command_env, wait_for
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+# Each school_state field and the raw InfluxQL whose answer it stands for, at the same moment.
+RAW: dict[str, str] = {
+    "download_mean_mbps": 'SELECT mean("download_mbps") FROM "speed" WHERE "result" = '
+    "'success' AND time > now() - 30d AND {school}",
+    "download_latest_mbps": 'SELECT last("download_mbps") FROM "speed" WHERE "result" = '
+    "'success' AND time > now() - 30d AND {school}",
+    "tests": 'SELECT count("download_mbps") FROM "speed" WHERE "result" = \'success\' '
+    "AND time > now() - 30d AND {school}",
+    "last3_max_mbps": 'SELECT max("download_mbps") FROM (SELECT "download_mbps" FROM "speed" '
+    "WHERE \"result\" = 'success' AND time > now() - 30d AND {school} ORDER BY time DESC "
+    "LIMIT 3) ORDER BY time DESC",
+    "online": 'SELECT last("online") FROM "agent" WHERE time > now() - 90d AND {school}',
+    "reason": 'SELECT last("reason") FROM "agent" WHERE time > now() - 90d AND {school}',
+    "version": 'SELECT last("version") FROM "agent" WHERE "status" = \'online\' '
+    "AND time > now() - 30d AND {school}",
+    "outbox_messages": 'SELECT last("outbox_messages") FROM "agent" '
+    "WHERE time > now() - 30d AND {school}",
+}
+
+
+def raw_fields(ql: InfluxQL, school_id: str) -> dict[str, Any]:
+    found = {}
+    for name, query in RAW.items():
+        series = ql.query(query.format(school=f'"school_id" = {quote_literal(school_id)}'))
+        if series and series[0].values[0][1] is not None:
+            found[name] = series[0].values[0][1]
+    return found
+
+
+def state_fields(ql: InfluxQL) -> dict[str, dict[str, Any]]:
+    """Each school's newest school_state point, as the dashboards read it."""
+    series = ql.query(
+        'SELECT * FROM "state"."school_state" WHERE time > now() - 20m GROUP BY "school_id" '
+        "ORDER BY time DESC LIMIT 1"
+    )
+    return {
+        s.tags["school_id"]: {k: v for k, v in s.rows()[0].items() if v is not None} for s in series
+    }
+
+
+def same(state: dict[str, Any], raw: dict[str, Any]) -> list[str]:
+    """The fields of RAW on which they differ."""
+    wrong = []
+    for name in RAW:
+        a, b = state.get(name), raw.get(name)
+        if isinstance(a, float) and isinstance(b, float):
+            if not math.isclose(a, b, rel_tol=1e-9):
+                wrong.append(f"{name}: state {a} raw {b}")
+        elif a != b:
+            wrong.append(f"{name}: state {a!r} raw {b!r}")
+    return wrong
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Fleet:
+    return generate(300, now=NOW, seed=13, tests_per_day=1.0)
+
+
+def test_the_state_of_a_simulated_fleet_equals_its_raw_points(
+    fleet: Fleet, database: Influx
+) -> None:
+    influx = InfluxSettings(url=database.url, database=database.database)
+    write_direct(fleet, V1Writer(influx), influx, registry_at=NOW - timedelta(hours=1))
+    keeper = StateKeeper(CollectorSettings(influx=influx))
+    assert keeper.tick() > 0
+    client = database.client
+    states = state_fields(client)
+    reported = {r.school.school_id for r in fleet.records if r.downloads or r.agent_lost}
+    assert reported <= states.keys()
+    wrong = {sid: same(fields, raw_fields(client, sid)) for sid, fields in states.items()}
+    assert {sid: w for sid, w in wrong.items() if w} == {}
+    at = datetime.now(UTC)
+    survey = keeper.survey(at)
+    assert survey is not None
+    assert survey.rows() == rollout(client, at)  # every percentage, nationally and by region
+    listed = {
+        (s.tags["school_id"], s.tags["device_id"])
+        for s in client.query(
+            'SELECT "state" FROM (SELECT * FROM "state"."device_state" WHERE time > now() - 20m '
+            'GROUP BY "school_id", "device_id" ORDER BY time DESC LIMIT 1) WHERE "listed" = 1 '
+            'AND time > now() - 20m GROUP BY "school_id", "device_id" ORDER BY time DESC'
+        )
+    }
+    raw_listed = {
+        (s.tags["school_id"], s.tags["device_id"])
+        for s in client.query(
+            'SELECT "code" FROM (SELECT last("state_code") AS "code" FROM "device" WHERE '
+            'time > now() - 15m GROUP BY "school_id", "device_id") WHERE "code" >= 2 '
+            'AND time > now() - 15m GROUP BY "school_id", "device_id"'
+        )
+    }
+    assert listed == raw_listed
+    assert listed
+
+
+def _status(publisher: SchoolPublisher, online: bool, at: datetime, reason: StatusReason) -> None:
+    health = HostHealth(cpu_percent=1.0, memory_percent=2.0, memory_available_bytes=10**9,
+                        disk_percent=3.0, disk_free_bytes=10**10, uptime_s=60)  # fmt: skip
+    status = AgentStatus(
+        school_id=publisher.school_id,
+        agent_id=publisher.agent_id,
+        measured_at=at,
+        status=AgentState.ONLINE if online else AgentState.OFFLINE,
+        reason=reason,
+        version="9.9.9",
+        boot_id=uuid.uuid4().hex,
+        host=health if online else None,
+    )
+    publisher.publish_raw("agent", status.model_dump_json(exclude_none=True).encode())
+
+
+def test_late_points_replays_and_wills_reach_the_state_through_the_collector(
+    broker: Mosquitto,
+    database: Influx,
+    collector_env: dict[str, str],
+    topic_root: str,
+    school_id: str,
+    tmp_path: Path,
+) -> None:
+    env = collector_env | {"SCHOOL_COLLECTOR_STATE__INTERVAL_S": "5"}
+    process = start_collector(collector_process(tmp_path, command_env(**env)))
+    client = database.client
+
+    def agrees(check: dict[str, Any]) -> bool:
+        state = state_fields(client).get(school_id, {})
+        return all(state.get(k) == v for k, v in check.items()) and not same(
+            state, raw_fields(client, school_id)
+        )
+
+    try:
+        wait_for(lambda: "current state built" in process.log_file.read_text(), timeout=60,
+                 what="the state keeper to start")  # fmt: skip
+        now = datetime.now(UTC)
+        with SchoolPublisher(broker.port, topic_root, school_id) as school:
+            # an outbox sent after two days without a link: stored long after it was measured
+            late = now - timedelta(days=2)
+            assert (now - late).total_seconds() > LATE_S
+            school.publish_raw(
+                "speed", speed_report(school_id, school.agent_id, 12.0, late).model_dump_json()
+                .encode())  # fmt: skip
+            wait_for(lambda: agrees({"download_latest_mbps": 12.0, "tests": 1}), timeout=60,
+                     what="the late test in the state")  # fmt: skip
+            # a newer test, an older one replayed, and the late one redelivered
+            for mbps, at in ((30.0, now - timedelta(hours=1)), (5.0, now - timedelta(days=5)),
+                             (12.0, late)):  # fmt: skip
+                school.publish_raw(
+                    "speed", speed_report(school_id, school.agent_id, mbps, at).model_dump_json()
+                    .encode())  # fmt: skip
+            wait_for(
+                lambda: agrees({"download_latest_mbps": 30.0, "tests": 3,
+                                "download_mean_mbps": pytest.approx((12 + 30 + 5) / 3)}),
+                timeout=60, what="the replayed tests in the state, the redelivery once",
+            )  # fmt: skip
+            _status(school, True, datetime.now(UTC), StatusReason.STARTED)
+            wait_for(lambda: agrees({"online": 1}), timeout=60, what="the agent online")
+            _status(school, False, datetime.now(UTC), StatusReason.CONNECTION_LOST)  # its will
+            wait_for(lambda: agrees({"online": 0, "reason": "connection_lost"}), timeout=60,
+                     what="the Last Will in the state")  # fmt: skip
+    finally:
+        process.stop()
