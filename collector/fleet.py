@@ -235,6 +235,10 @@ def _download(rng: random.Random, typical: float) -> float | None:
 # -- the messages the fleet's agents would have sent ------------------------------
 
 
+# Each live agent's device list is measured this long before the fleet's moment.
+DEVICES_AGE = timedelta(minutes=2)
+
+
 def messages(fleet: Fleet) -> Iterator[Envelope]:
     """Every message, oldest first: speed results, then each live agent's device list."""
     found: list[Envelope] = []
@@ -244,7 +248,7 @@ def messages(fleet: Fleet) -> Iterator[Envelope]:
         for moment, download in record.downloads:
             found.append(_speed(sid, agent_id, moment, download, record.link))
         if record.device_states:
-            found.append(_devices(sid, agent_id, fleet.now - timedelta(minutes=2), record))
+            found.append(_devices(sid, agent_id, fleet.now - DEVICES_AGE, record))
         if record.monitored and record.last_report is not None:
             found.append(_status(sid, agent_id, record.last_report, lost=record.agent_lost))
     found.sort(key=lambda message: message.measured_at)
@@ -355,7 +359,7 @@ def ground_truth(
         region = record.school.region
         totals[region] += 1
         totals[NATIONAL] += 1
-        for metric in _truths(record, at, rules):
+        for metric in _truths(record, at, rules, devices_at=fleet.now - DEVICES_AGE):
             counts[metric, region] += 1
             counts[metric, NATIONAL] += 1
     return {
@@ -365,7 +369,7 @@ def ground_truth(
     }
 
 
-def _truths(record: SchoolRecord, at: datetime, rules: Rules) -> set[str]:
+def _truths(record: SchoolRecord, at: datetime, rules: Rules, devices_at: datetime) -> set[str]:
     found: set[str] = set()
     window = at - timedelta(days=rules.speed_window_days)
     good = [(t, d) for t, d in record.downloads if d is not None and window < t <= at]
@@ -386,7 +390,10 @@ def _truths(record: SchoolRecord, at: datetime, rules: Rules) -> set[str]:
             found.add("at_risk")
         else:
             found.add("dropped_off")
-    live = {kind for kind, state in record.device_states.values() if state is DeviceState.UP}
+    fresh = timedelta(0) <= at - devices_at <= timedelta(minutes=rules.device_fresh_minutes)
+    live = {
+        kind for kind, state in record.device_states.values() if state is DeviceState.UP and fresh
+    }
     for kind in SAFETY_KINDS:
         if kind in live:
             found.add(f"{kind.value}_live")
