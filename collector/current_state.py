@@ -16,7 +16,11 @@ A point is written when what it says changes, and every school and listed
 device again every ``REFRESH_S``, so readers scan ``WINDOW`` (a refresh, two
 ticks and a margin) and take each series' newest point: about one point per
 school or device, whatever the history holds. Each value here is what the raw
-query it replaces returns at the keeper's tick (tests compare them).
+query it replaces returns at the keeper's tick (tests compare them), with one
+difference: a status, device state or speed result measured ahead of the
+collector's clock (an agent's clock up to ``max_future_s`` fast) counts as
+measured at the tick, where a raw query skips it and shows the older value
+until its time comes. A successful test's download still waits for its time.
 """
 
 from __future__ import annotations
@@ -102,8 +106,9 @@ class SchoolFacts:
         return list(self.test_mbps[first:last])
 
     def agent_value(self, name: str, since: int, until: int) -> FieldValue:
+        """Its latest value measured after ``since``; one ahead of ``until`` counts as at it."""
         found = self.agent.get(name)
-        return found[1] if found is not None and since < found[0] <= until else None
+        return found[1] if found is not None and since < min(found[0], until) else None
 
 
 @dataclass(frozen=True)
@@ -216,15 +221,15 @@ class CurrentState:
             found["tests"] = len(tests)
             found["last3_max_mbps"] = max(tests[-LAST_TESTS:])
             found["last3_tests"] = len(tests[-LAST_TESTS:])
-        if facts.last_report is not None and facts.last_report <= at:
-            found["last_report_ms"] = facts.last_report // MS
+        if facts.last_report is not None:
+            found["last_report_ms"] = min(facts.last_report, at) // MS
         agent_since = at - days_ns(AGENT_DAYS)
         detail_since = at - days_ns(AGENT_DETAIL_DAYS)
         for name in AGENT_FIELDS:
             since = agent_since if name in ("online", "reason") else detail_since
             found[name] = facts.agent_value(name, since, at)
         if found["online"] is not None:
-            status_at = facts.agent["online"][0]
+            status_at = min(facts.agent["online"][0], at)
             found["status_ms"] = status_at // MS
             found["seen_1d"] = int(status_at > at - days_ns(SEEN_DAYS))
         kinds = live.get(school_id, set())
@@ -237,7 +242,7 @@ class CurrentState:
         fresh = at - int(self.rules.device_fresh_minutes * 60 * NS)
         found: dict[str, set[str]] = {}
         for (school_id, _device, kind), facts in self.devices.items():
-            if fresh < facts.at <= at and facts.up == 1:
+            if fresh < min(facts.at, at) and facts.up == 1:
                 found.setdefault(school_id, set()).add(kind)
         return found
 
@@ -245,7 +250,7 @@ class CurrentState:
         """``device_state`` fields; ``listed`` 1 for a device not up with a fresh latest state."""
         facts = self.devices[key]
         fresh = at - int(self.rules.device_fresh_minutes * 60 * NS)
-        listed = fresh < facts.at <= at and facts.state_code >= DEVICE_NOT_UP
+        listed = fresh < min(facts.at, at) and facts.state_code >= DEVICE_NOT_UP
         found: dict[str, FieldValue] = {
             "state": facts.state,
             "state_code": facts.state_code,
@@ -265,8 +270,9 @@ class CurrentState:
             if tests:
                 found.mean_download[school_id] = sum(tests) / len(tests)
                 found.latest_download[school_id] = tests[-1]
-            if school.last_report is not None and school.last_report <= at_ns:
-                found.last_report[school_id] = datetime.fromtimestamp(school.last_report / NS, UTC)
+            if school.last_report is not None:
+                moment = min(school.last_report, at_ns)
+                found.last_report[school_id] = datetime.fromtimestamp(moment / NS, UTC)
         for school_id, kinds in self.live_kinds(at_ns).items():
             found.live_kinds[school_id] = set(kinds)
         return found

@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 DRAIN_POLL_S = 5.0
 
 
+def postpone(draining: Callable[[], bool], stopping: threading.Event, limit_s: float) -> bool:
+    """Wait while the collector drains a backlog, at most ``limit_s``; True if stopping."""
+    limit = time.monotonic() + limit_s
+    while draining() and time.monotonic() < limit:
+        if stopping.wait(DRAIN_POLL_S):
+            return True
+    return False
+
+
 class Rollup:
     def __init__(
         self,
@@ -72,19 +81,11 @@ class Rollup:
         self._raw_writer.write(chase)
         return len(lines) + len(chase)
 
-    def _postpone(self) -> bool:
-        """Wait while the collector drains a backlog, at most one interval; True if stopping."""
-        limit = time.monotonic() + self._settings.rollout.interval_s
-        while self._draining() and time.monotonic() < limit:
-            if self._stopping.wait(DRAIN_POLL_S):
-                return True
-        return False
-
     def _run(self) -> None:
         delay = 0.0  # at once: a restarted collector's percentages are fresh
         while not self._stopping.wait(delay):
             delay = self._settings.rollout.interval_s
-            if self._postpone():
+            if postpone(self._draining, self._stopping, self._settings.rollout.interval_s):
                 return
             try:
                 written = self.once()

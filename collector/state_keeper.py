@@ -47,6 +47,7 @@ from collector.influx.query import InfluxQL, Series
 from collector.line_protocol import encode
 from collector.memory import release_free_memory
 from collector.rollout import QUERIES, SAFETY_KINDS, Survey, rollout_lines, survey
+from collector.rollup import postpone
 from collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ NOT_UP_STATES = ("late", "down", "stale")
 OVERLAP_S = LATE_S + 60
 # More late schools than this in one tick: read everything since the oldest.
 LATE_SCHOOLS_BY_NAME = 200
-# How often a postponed tick looks again whether the backlog is drained.
-DRAIN_POLL_S = 5.0
 
 SPEED_ROWS = (
     'SELECT "result_code", "download_mbps", "result" FROM "speed" WHERE {where} '
@@ -114,23 +113,20 @@ class StateKeeper:
         delay = 0.0
         while not self._stopping.wait(delay):
             delay = interval - time.time() % interval  # on whole intervals, as other keepers
-            if self._postpone():
+            if postpone(self._draining, self._stopping, self._settings.rollout.interval_s):
                 return
             try:
                 self.tick()
             except InfluxError as exc:
-                log.warning("the current state was not updated this time: %s", exc)
+                log.warning(
+                    "the current state was not updated this time (%s); trying again next "
+                    'interval. If InfluxDB says the retention policy "state" is missing, an '
+                    "administrator runs `school-collector retention apply`",
+                    exc,
+                )
             except Exception:
                 log.exception("the state keeper failed; trying again next interval")
             release_free_memory()
-
-    def _postpone(self) -> bool:
-        """Wait while the collector drains a backlog, at most a rollout interval; True: stop."""
-        limit = time.monotonic() + self._settings.rollout.interval_s
-        while self._draining() and time.monotonic() < limit:
-            if self._stopping.wait(DRAIN_POLL_S):
-                return True
-        return False
 
     # -- one tick ---------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ points, replays, redeliveries and Last Wills that go through a running collector
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ from collector.current_state import LATE_S
 from collector.fleet import Fleet, generate, write_direct
 from collector.influx.query import InfluxQL, quote_literal
 from collector.influx.v1 import V1Writer
+from collector.line_protocol import encode
+from collector.points import ns
 from collector.rollout import rollout
 from collector.settings import CollectorSettings, InfluxSettings
 from collector.state_keeper import StateKeeper
@@ -186,3 +189,35 @@ def test_late_points_replays_and_wills_reach_the_state_through_the_collector(
                      what="the Last Will in the state")  # fmt: skip
     finally:
         process.stop()
+
+
+def test_a_fast_agent_clock_counts_as_now_instead_of_hiding_the_school(database: Influx) -> None:
+    """Two minutes ahead (within max_future_s): raw "now" queries skip these points until
+    their time; the state takes them as measured at its tick, so nothing vanishes."""
+    influx = InfluxSettings(url=database.url, database=database.database)
+    now = datetime.now(UTC)
+    ahead = ns(now + timedelta(minutes=2))
+    tags = {"school_id": "KZ-FAST", "agent_id": "a1", "region": "Almaty"}
+    V1Writer(influx).write([
+        encode("agent", tags | {"status": "offline"}, {"online": 0, "reason": "stopped"},
+               ns(now - timedelta(hours=1))),
+        encode("agent", tags | {"status": "online"}, {"online": 1, "reason": "started",
+               "version": "9.9.9"}, ahead),
+        encode("device", tags | {"device_id": "pb1", "kind": "panic_button", "result": "refused"},
+               {"state": "down", "state_code": 3, "up": 0, "changed_at_ms": ahead // 10**6,
+                "label": "hall"}, ahead),
+        encode("speed", tags | {"result": "success"}, {"result_code": 0, "download_mbps": 25.0},
+               ahead),
+    ])  # fmt: skip
+    StateKeeper(CollectorSettings(influx=influx)).tick()
+    state = state_fields(database.client)["KZ-FAST"]
+    assert (state["online"], state["reason"], state["version"]) == (1, "started", "9.9.9")
+    assert state["status_ms"] <= time.time() * 1000
+    assert state["last_report_ms"] <= time.time() * 1000
+    assert "download_latest_mbps" not in state  # a download waits for its time, as raw does
+    listed = database.client.query(
+        'SELECT "down" FROM "state"."device_state" WHERE time > now() - 20m '
+        "AND \"school_id\" = 'KZ-FAST'"
+    )
+    assert listed
+    assert listed[0].values[-1][1] == 1
