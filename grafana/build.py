@@ -8,6 +8,7 @@ and type-check every file against Grafana's published schema.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -38,6 +39,10 @@ def render() -> dict[str, str]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description="Write grafana/dashboards/*.json from the code in grafana/boards/ "
+        "(tests check that the committed files are what this writes)."
+    ).parse_args()
     out = HERE / "dashboards"
     out.mkdir(exist_ok=True)
     for name, text in render().items():

@@ -30,6 +30,7 @@ from collector.rollout import DEFINITIONS, NATIONAL, rollout_lines, survey
 from collector.settings import CollectorSettings, InfluxSettings
 from collector.state_keeper import StateKeeper
 from grafana.build import render as build_dashboards
+from tests.support import grafana_queries
 from tests.support.grafana_alerts import NO_VALUE, Instance, RuleError, evaluate, fires, render
 from tests.support.services import REPO, Influx
 
@@ -75,7 +76,8 @@ def stored(fleet: Fleet, database: Influx) -> Iterator[InfluxQL]:
                    ns(datetime.now(UTC) - timedelta(minutes=2))),  # in the flood alert's window
         ]
     )  # fmt: skip
-    StateKeeper(CollectorSettings(influx=settings)).tick()  # the current state, from raw points
+    with StateKeeper(CollectorSettings(influx=settings)) as keeper:
+        keeper.tick()  # the current state, from raw points
     yield client
     client.close()
 
@@ -95,12 +97,7 @@ def _school(fleet: Fleet) -> SchoolRecord:
 
 def substitute(query: str, school: str, span: str = "30d") -> str:
     """Grafana's macros and variables, as Grafana expands them for InfluxQL."""
-    return (
-        query.replace("$timeFilter", f"time > now() - {span}")
-        .replace("$__interval", INTERVAL)
-        .replace("/^$region$/", f"/^{re.escape(REGION)}$/")
-        .replace("/^$school$/", f"/^{re.escape(school)}$/")
-    )
+    return grafana_queries.substitute(query, REGION, school, span, INTERVAL)
 
 
 def _dashboards() -> dict[str, dict[str, Any]]:
@@ -129,23 +126,7 @@ def test_the_committed_dashboards_are_what_the_code_builds() -> None:
 
 def _every_query() -> list[tuple[str, str, str]]:
     """(where, query, time span) of every panel, variable and alert query."""
-    found = []
-    for name, board in _dashboards().items():
-        for panel in board["panels"]:
-            found += [(f"{name}: {panel['title']}", t["query"], "30d") for t in panel["targets"]]
-        found += [(f"{name}: ${v['name']}", v["query"], "30d") for v in board["templating"]["list"]]
-    rules = yaml.safe_load(
-        (GRAFANA / "provisioning" / "alerting" / "school-monitor.yaml").read_text()
-    )
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            found += [
-                (f"alert {rule['uid']}: {item['refId']}", item["model"]["query"],
-                 f"{item['relativeTimeRange']['from']}s")
-                for item in rule["data"]
-                if item["datasourceUid"] == "school-monitor-influxdb"
-            ]  # fmt: skip
-    return found
+    return grafana_queries.every_query()
 
 
 @pytest.mark.parametrize(
@@ -156,6 +137,76 @@ def test_every_query_runs_and_returns_data(
 ) -> None:
     rows = _rows(_run(stored, query, _school(fleet).school.school_id, span))
     assert rows or where in QUIET, where
+
+
+# What a "now" question may read back, by what it reads (the state's writers
+# refresh every series within WINDOW; the rollup writes every rollout.interval_s).
+NOW_SPANS = {'"state".': 20 * 60, '"history"."rollout"': 25 * 60, '"rollout_school"': 25 * 60,
+             '"collector_rate_limited"': 15 * 60}  # fmt: skip
+SPAN_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _levels(query: str) -> list[str]:
+    """Each SELECT of ``query`` (outer first) without the subqueries nested in it."""
+    levels: list[list[str]] = [[]]
+    open_levels: list[int] = [0]  # the level each open parenthesis belongs to
+    stack: list[bool] = []  # per open parenthesis: whether it opened a subquery
+    done: list[str] = []
+    for i, char in enumerate(query):
+        if char == "(":
+            sub = query[i + 1 :].lstrip().upper().startswith("SELECT")
+            stack.append(sub)
+            if sub:
+                levels.append([])
+                open_levels.append(len(levels) - 1)
+                continue
+        elif char == ")" and stack.pop():
+            done.append("".join(levels[open_levels.pop()]))
+            continue
+        levels[open_levels[-1]].append(char)
+    return ["".join(levels[0]), *done]
+
+
+def _time_bounds(level: str, span_s: int) -> list[int]:
+    """The seconds back that each time condition of one SELECT's WHERE lets it read."""
+    where = re.search(r"\bWHERE\b(.*?)(?:\bGROUP BY\b|\bORDER BY\b|\bLIMIT\b|$)", level)
+    if where is None:
+        return []
+    found = [span_s] * where[1].count("$timeFilter")
+    for amount, unit in re.findall(r"\btime >=? now\(\) - (\d+)([smhd])\b", where[1]):
+        found.append(int(amount) * SPAN_UNITS[unit])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("where", "query", "span"), _every_query(), ids=[w for w, _, _ in _every_query()]
+)
+def test_every_query_is_bounded_in_time(where: str, query: str, span: str) -> None:
+    """Each SELECT level has a lower time bound (InfluxDB 1.x scans every shard for a
+    subquery without one); a "now" question reads no further back than its source's
+    refresh. ``$timeFilter`` is the range a person chose, or an alert's relativeTimeRange.
+    SHOW TAG VALUES reads the series index, not points."""
+    if query.startswith("SHOW TAG VALUES"):
+        assert " time " not in query
+        return
+    span_s = int(span[:-1]) * SPAN_UNITS[span[-1]]
+    now_question = "GROUP BY time(" not in query
+    for level in _levels(query):
+        bounds = _time_bounds(level, span_s)
+        assert bounds, (where, level)
+        source = re.search(r'FROM ("\w+"(?:\."\w+")?)', query)
+        assert source, (where, query)
+        limit = next((s for name, s in NOW_SPANS.items() if source[1].startswith(name)), None)
+        if now_question and limit is not None:
+            assert max(bounds) <= limit, (where, level, limit)
+
+
+def test_the_time_bound_check_finds_an_unbounded_subquery() -> None:
+    unbounded = 'SELECT sum("d") FROM (SELECT last("x") AS "d" FROM "m" WHERE $timeFilter)'
+    outer, inner = _levels(unbounded)
+    assert _time_bounds(inner, 60) == [60]
+    assert _time_bounds(outer, 60) == []
+    assert _time_bounds('SELECT * FROM "m" WHERE time > now() - 20m', 1) == [1200]
 
 
 # Queries that rightly return nothing on the simulated fleet: their own tests write the data.
@@ -406,7 +457,8 @@ def test_the_region_silent_alert_fires_when_most_of_a_region_is_cut_off(
             lines.append(encode("agent", tags | {"status": "offline"}, lost,
                                 ns(now - timedelta(minutes=20))))  # fmt: skip
     writer.write(lines)
-    StateKeeper(CollectorSettings(influx=writer_settings(database))).tick()  # a tick later
+    with StateKeeper(CollectorSettings(influx=writer_settings(database))) as keeper:
+        keeper.tick()  # a tick later
     firing = _firing(stored, "region-silent")
     assert [i.labels["region"] for i in firing] == [REGION]
     text = render(_alert("region-silent")["annotations"]["summary"], firing[0])
@@ -550,12 +602,11 @@ def test_the_map_colours_schools_by_gigas_categories() -> None:
     (layer,) = panel["options"]["layers"]
     colour = layer["config"]["style"]["color"]["field"]
     assert colour == "download_mbps"
-    assert 'AS "download_mbps"' in panel["targets"][1]["query"]
+    assert 'AS "download_mbps"' in panel["targets"][0]["query"]
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [s["value"] for s in steps] == [None, 1, 20]
     nothing = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
     assert nothing["match"] == "null"  # schools without a test: "no data"
-    assert panel["transformations"][0]["options"]["mode"] == "outer"
     view = panel["options"]["view"]
     assert 40 < view["lat"] < 56
     assert 46 < view["lon"] < 88
@@ -563,6 +614,31 @@ def test_the_map_colours_schools_by_gigas_categories() -> None:
              for p in o["properties"] if p["id"] == "unit"}  # fmt: skip
     assert units["download_mbps"] == "Mbits"
     assert units["latitude"] == "none"
+
+
+def test_the_map_shows_every_registered_school_at_its_place_with_its_average(
+    fleet: Fleet, stored: InfluxQL
+) -> None:
+    panel = next(p for p in _dashboards()["national-overview.json"]["panels"]
+                 if p["type"] == "geomap")  # fmt: skip
+    (query,) = [t["query"] for t in panel["targets"]]
+    shown = {s.tags["school_id"]: (s.tags, s.rows()[0]) for s in _run(stored, query, "")}
+    assert set(shown) == {r.school.school_id for r in fleet.records}  # reported or not
+    window = NOW - timedelta(days=30)
+    compared = 0
+    for record in fleet.records:
+        school = record.school
+        tags, row = shown[school.school_id]
+        assert tags["region"] == school.region
+        assert (row["name"], row["latitude"], row["longitude"]) == (
+            school.name, school.latitude, school.longitude)  # fmt: skip
+        tests = [d for t, d in record.downloads if window < t <= NOW and d is not None]
+        if any(abs(t - window) < timedelta(minutes=10) for t, _ in record.downloads):
+            continue  # the keeper's tick came a little after NOW
+        expected = sum(tests) / len(tests) if tests else None
+        assert row["download_mbps"] == pytest.approx(expected), school.school_id
+        compared += 1
+    assert compared > 0.95 * len(fleet.records)
 
 
 def test_the_version_chart_has_a_slice_per_row() -> None:

@@ -83,25 +83,17 @@ def stats() -> list[Json]:
 def school_map() -> Json:
     """Every registered school at its place, coloured by its 30-day average download."""
     schools = target(
-        'SELECT last("latitude") AS "latitude", last("longitude") AS "longitude", '
-        'last("name") AS "name" FROM "history"."school" WHERE time <= now() '
-        'GROUP BY "school_id", "region"',
+        newest('"name", "latitude", "longitude", "download_mean_mbps" AS "download_mbps"'),
         "A",
         "table",
-    )
-    speeds = target(
-        newest('"download_mean_mbps" AS "download_mbps"', groups='"school_id"'), "B", "table"
     )
     return panel(
         f"Schools by average download: good (at least {STANDARD_MBPS} Mbps), moderate "
         "(1 Mbps up to it), bad (below 1 Mbps), no data",
         "geomap",
-        [schools, speeds],
+        [schools],
         (0, 10, 12, 14),
-        transformations=[
-            {"id": "joinByField", "options": {"byField": "school_id", "mode": "outer"}},
-            hide("Time", "Time 1", "Time 2"),
-        ],
+        transformations=[hide("Time")],
         fieldConfig=field(
             "none",
             [

@@ -24,7 +24,8 @@ def increase(counter: str, alias: str) -> str:
     """``counter``'s increase over the time range, per collector, then summed."""
     return (
         f'SELECT sum("d") AS "{alias}" FROM (SELECT non_negative_difference(last("{counter}")) '
-        'AS "d" FROM "collector" WHERE $timeFilter GROUP BY time($__interval), "collector_id")'
+        'AS "d" FROM "collector" WHERE $timeFilter GROUP BY time($__interval), "collector_id") '
+        "WHERE $timeFilter"
     )
 
 
