@@ -7,8 +7,9 @@ raw tags multiply. The collector's state keeper (:mod:`collector.state_keeper`)
 keeps each school's facts in memory instead, folds in what InfluxDB stores,
 and writes what they amount to into the ``state`` retention policy:
 
-- ``school_state``, one series per school: its speed over the rollout window,
-  its agent's latest status and its live safety devices;
+- ``school_state``, one series per school: its place in the registry (every
+  registered school, reported or not), its speed over the rollout window, its
+  agent's latest status and its live safety devices;
 - ``device_state``, one series per device that is not up (down, late or
   stale, with its latest state fresh), and a last point when it stops being so.
 
@@ -33,6 +34,7 @@ from datetime import UTC, datetime
 
 from collector.influx.query import Series
 from collector.line_protocol import FieldValue, encode
+from collector.registry import SchoolRegistry
 from collector.rollout import SAFETY_KINDS, Facts
 from collector.rollout_rules import Rules
 
@@ -66,13 +68,19 @@ def days_ns(days: float) -> int:
     return int(days * 86_400 * NS)
 
 
+def agent_days(name: str) -> int:
+    """How far back an agent field's latest value counts."""
+    return AGENT_DAYS if name in ("online", "reason") else AGENT_DETAIL_DAYS
+
+
 class SchoolFacts:
     """What InfluxDB holds of one school, reduced to what its state needs."""
 
-    __slots__ = ("agent", "last_report", "region", "test_mbps", "test_times")
+    __slots__ = ("agent", "last_report", "place", "region", "test_mbps", "test_times")
 
     def __init__(self) -> None:
         self.region: str | None = None
+        self.place: dict[str, FieldValue] = {}  # the registry's name, latitude, longitude
         self.last_report: int | None = None  # ns of its latest speed result, any result
         self.test_times = array("q")  # successful tests in the speed window, oldest first
         self.test_mbps = array("d")
@@ -92,6 +100,14 @@ class SchoolFacts:
     def add_agent(self, name: str, at: int, value: FieldValue) -> None:
         if value is not None and (name not in self.agent or at >= self.agent[name][0]):
             self.agent[name] = (at, value)
+
+    def agent_floor(self, at: int) -> int:
+        """The time before which no agent row can change this school's agent fields."""
+        floor = at
+        for name in AGENT_FIELDS:
+            known = self.agent.get(name)
+            floor = min(floor, known[0] if known is not None else at - days_ns(agent_days(name)))
+        return floor
 
     def forget_tests_before(self, cutoff: int) -> None:
         keep = bisect_right(self.test_times, cutoff)
@@ -141,9 +157,20 @@ class CurrentState:
         found = self.schools.get(school_id)
         if found is None:
             found = self.schools[school_id] = SchoolFacts()
-        if region is not None:
+        if region is not None and not found.place:  # the registry's region comes first
             found.region = region
         return found
+
+    def place(self, registry: SchoolRegistry) -> None:
+        """Every registered school's region and place (the map reads them with its speed)."""
+        for facts in self.schools.values():
+            facts.place = {}
+        for school in registry:
+            place = {"name": school.name, "latitude": school.latitude,
+                     "longitude": school.longitude}  # fmt: skip
+            facts = self.school(school.school_id, None)
+            facts.region = school.region
+            facts.place = {name: value for name, value in place.items() if value not in (None, "")}
 
     # -- folding in what InfluxDB returns (rows of the keeper's queries) ------------------
 
@@ -213,7 +240,7 @@ class CurrentState:
         """
         rules = self.rules
         facts = self.schools[school_id]
-        found: dict[str, FieldValue] = {}
+        found: dict[str, FieldValue] = dict(facts.place)
         tests = facts.tests_in(at - days_ns(rules.speed_window_days), at)
         if tests:
             found["download_mean_mbps"] = sum(tests) / len(tests)
@@ -223,11 +250,8 @@ class CurrentState:
             found["last3_tests"] = len(tests[-LAST_TESTS:])
         if facts.last_report is not None:
             found["last_report_ms"] = min(facts.last_report, at) // MS
-        agent_since = at - days_ns(AGENT_DAYS)
-        detail_since = at - days_ns(AGENT_DETAIL_DAYS)
         for name in AGENT_FIELDS:
-            since = agent_since if name in ("online", "reason") else detail_since
-            found[name] = facts.agent_value(name, since, at)
+            found[name] = facts.agent_value(name, at - days_ns(agent_days(name)), at)
         if found["online"] is not None:
             status_at = min(facts.agent["online"][0], at)
             found["status_ms"] = status_at // MS
@@ -236,6 +260,11 @@ class CurrentState:
         for kind in SAFETY_KINDS:
             found[f"{kind.value}_live"] = int(kind.value in kinds)
         return {name: value for name, value in found.items() if value is not None}
+
+    def agent_floor(self, school_id: str, at: int) -> int:
+        """:meth:`SchoolFacts.agent_floor` of a school (of one not known yet: 90 days back)."""
+        facts = self.schools.get(school_id)
+        return facts.agent_floor(at) if facts is not None else at - days_ns(AGENT_DAYS)
 
     def live_kinds(self, at: int) -> dict[str, set[str]]:
         """School -> the kinds with a device up in its latest state within the fresh window."""

@@ -15,6 +15,9 @@ the marker's time. Every keeper derives the state from InfluxDB, not from the
 messages it happened to receive, so several collectors write the same points
 at the same (whole-interval) timestamps.
 
+The registry gives every registered school's state its place (name, latitude,
+longitude), at start and again with each rollout.
+
 Every ``rollout.interval_s`` the tick also computes the rollout percentages from
 the state's facts (no raw query), writes them to ``rollout``, the schools to
 chase to ``rollout_school``, and the devices not up by kind and state to
@@ -26,17 +29,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from collector.current_state import (
     AGENT_DAYS,
-    AGENT_DETAIL_DAYS,
     AGENT_FIELDS,
     LATE_S,
     NS,
     STORED_LATE,
     CurrentState,
+    agent_days,
     at_tick,
     days_ns,
     is_refresh,
@@ -46,6 +50,7 @@ from collector.influx import STATE, InfluxError, make_history_writer, make_write
 from collector.influx.query import InfluxQL, Series
 from collector.line_protocol import encode
 from collector.memory import release_free_memory
+from collector.registry_store import load_registry
 from collector.rollout import QUERIES, SAFETY_KINDS, Survey, rollout_lines, survey
 from collector.rollup import postpone
 from collector.settings import CollectorSettings
@@ -57,8 +62,7 @@ NOT_UP_STATES = ("late", "down", "stale")
 # How far before the last tick's read a tick reads again: points stored up to
 # LATE_S after they were measured carry no marker, and clocks differ a little.
 OVERLAP_S = LATE_S + 60
-# More late schools than this in one tick: read everything since the oldest.
-LATE_SCHOOLS_BY_NAME = 200
+LATE_SCHOOLS_PER_READ = 50
 
 SPEED_ROWS = (
     'SELECT "result_code", "download_mbps", "result" FROM "speed" WHERE {where} '
@@ -101,9 +105,17 @@ class StateKeeper:
     def start(self) -> None:
         self._thread.start()
 
+    def __enter__(self) -> StateKeeper:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
+        """Stop the thread (if started) and close the connections to InfluxDB."""
         self._stopping.set()
-        self._thread.join(timeout=60)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=60)
         self._ql.close()
         for writer in (self._state_writer, self._history_writer, self._raw_writer):
             writer.close()
@@ -165,13 +177,16 @@ class StateKeeper:
         for name in ("last_report_summary", "last_report"):
             state.add_last_report(self._ql.query(QUERIES[name].format(until=at), epoch="ns"))
         for name in AGENT_FIELDS:
-            days = AGENT_DAYS if name in ("online", "reason") else AGENT_DETAIL_DAYS
+            days = agent_days(name)
             online = "\"status\" = 'online' AND " if name == "version" else ""
             state.add_agent_latest(name, self._ql.query(
                 f'SELECT last("{name}") FROM "agent" WHERE {online}time > {at - days_ns(days)} '  # noqa: S608
                 'GROUP BY "region", "school_id"', epoch="ns"))  # fmt: skip
         fresh = at - int(rules.device_fresh_minutes * 60 * NS)
         state.add_devices(self._query(DEVICE_ROWS, f"time > {fresh}"))
+        registry = load_registry(self._ql, before_ns=at)
+        if registry is not None:
+            state.place(registry)
         log.info(
             "current state built in %.1f s: %d schools, %d devices in the last %g minutes",
             time.monotonic() - began, len(state.schools), len(state.devices),
@@ -181,7 +196,7 @@ class StateKeeper:
     def _catch_up(self, since: int, now: datetime) -> None:
         """Fold in what was stored since ``since`` (ns), and again the late schools."""
         at = ns_of(now)
-        self._fold(f"time > {since}", at)
+        self._fold(f"time > {since}", f"time > {since}", at)
         late = {
             s.tags["school_id"]: int(s.values[0][1])
             for s in self._ql.query(
@@ -191,23 +206,16 @@ class StateKeeper:
             if s.values and s.values[0][1] is not None
         }
         late = {school: when for school, when in late.items() if when <= since}
-        if not late:
-            return
-        oldest = max(min(late.values()), at - days_ns(AGENT_DAYS))
-        if len(late) > LATE_SCHOOLS_BY_NAME:
-            self._fold(f"time >= {oldest}", at)
-            return
-        names = sorted(late)
-        for first in range(0, len(names), 50):
-            chunk = names[first : first + 50]
-            pattern = "|".join(_regex_literal(name) for name in chunk)
-            since_chunk = max(min(late[name] for name in chunk), oldest)
-            self._fold(f'"school_id" =~ /^({pattern})$/ AND time >= {since_chunk}', at)
+        for read in late_reads(late, self.state, at):
+            pattern = "|".join(_regex_literal(name) for name in read.schools)
+            schools = f'"school_id" =~ /^({pattern})$/'
+            self._fold(f"{schools} AND time >= {read.since}",
+                       f"{schools} AND time >= {read.agent_since}", at)  # fmt: skip
 
-    def _fold(self, where: str, at: int) -> None:
+    def _fold(self, where: str, agent_where: str, at: int) -> None:
         """Fold in the raw rows matching ``where``; devices only within the fresh window."""
         self.state.add_speed(self._query(SPEED_ROWS, where))
-        self.state.add_agent(self._query(AGENT_ROWS, where))
+        self.state.add_agent(self._query(AGENT_ROWS, agent_where))
         fresh = at - int(self.state.rules.device_fresh_minutes * 60 * NS)
         self.state.add_devices(self._query(DEVICE_ROWS, f"{where} AND time > {fresh}"))
 
@@ -223,6 +231,8 @@ class StateKeeper:
     def rollout(self, now: datetime) -> int:
         """Write the rollout, the schools to chase and the devices not up; return points."""
         found = self.survey(now)
+        if found is not None:  # a registry imported since shows at the next tick
+            self.state.place(found.registry)
         lines = rollout_lines(found.rows(), now) if found is not None else []
         lines += devices_not_up_lines(self.state.device_counts(ns_of(now)), ns_of(now))
         self._history_writer.write(lines)
@@ -241,6 +251,44 @@ def devices_not_up_lines(counts: dict[tuple[str, str], int], at: int) -> list[st
         for kind in kinds
         for state in NOT_UP_STATES
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LateRead:
+    """Late schools read again together: speed results since ``since``, agent rows since
+    ``agent_since``, device states within the fresh window."""
+
+    schools: list[str]
+    since: int
+    agent_since: int
+
+
+def late_reads(late: Mapping[str, int], state: CurrentState, at: int) -> list[LateRead]:
+    """What to read again for ``late`` (school -> its oldest late point, ns).
+
+    What a late point can change bounds each read, so a school sending old-dated
+    messages (an outbox after an outage, or a hostile one) costs little:
+
+    - a speed result may be a test in the window or a last report: read from its
+      time (a few points a day), at most ``AGENT_DAYS`` back;
+    - an agent row older than the school's latest value of every agent field
+      changes nothing (each keeps its latest): read from the oldest of those, or
+      from the start of a missing field's window;
+    - a device state counts only within ``rollout.device_fresh_minutes``.
+
+    Schools with nearby times share a query (``LATE_SCHOOLS_PER_READ`` at most).
+    """
+    floor = at - days_ns(AGENT_DAYS)
+    wanted = sorted(
+        (max(since, floor), max(since, state.agent_floor(school, at)), school)
+        for school, since in late.items()
+    )
+    reads = []
+    for first in range(0, len(wanted), LATE_SCHOOLS_PER_READ):
+        chunk = wanted[first : first + LATE_SCHOOLS_PER_READ]
+        reads.append(LateRead(sorted(s for _, _, s in chunk), min(s for s, _, _ in chunk),
+                              min(a for _, a, _ in chunk)))  # fmt: skip
+    return reads
 
 
 def _regex_literal(value: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 from localstack import Mosquitto
 
 from agent.contract import AgentState, AgentStatus, HostHealth, StatusReason
-from collector.current_state import LATE_S
+from collector.current_state import AGENT_DAYS, AGENT_FIELDS, LATE_S, NS, CurrentState, days_ns
 from collector.fleet import Fleet, generate, write_direct
 from collector.influx.query import InfluxQL, quote_literal
 from collector.influx.v1 import V1Writer
@@ -22,7 +22,7 @@ from collector.line_protocol import encode
 from collector.points import ns
 from collector.rollout import rollout
 from collector.settings import CollectorSettings, InfluxSettings
-from collector.state_keeper import StateKeeper
+from collector.state_keeper import StateKeeper, late_reads
 from tests.conftest import start_collector
 from tests.support.publishing import SchoolPublisher, speed_report
 from tests.support.services import Influx, collector_process, command_env, wait_for
@@ -46,6 +46,11 @@ RAW: dict[str, str] = {
     "AND time > now() - 30d AND {school}",
     "outbox_messages": 'SELECT last("outbox_messages") FROM "agent" '
     "WHERE time > now() - 30d AND {school}",
+    **{  # the registry's place, for the map
+        name: f'SELECT last("{name}") FROM "history"."school" WHERE time > now() - 1d '
+        "AND {school}"
+        for name in ("name", "latitude", "longitude")
+    },
 }
 
 
@@ -88,16 +93,16 @@ def fleet() -> Fleet:
 
 
 def test_the_state_of_a_simulated_fleet_equals_its_raw_points(
-    fleet: Fleet, database: Influx
+    fleet: Fleet, database: Influx, request: pytest.FixtureRequest
 ) -> None:
     influx = InfluxSettings(url=database.url, database=database.database)
     write_direct(fleet, V1Writer(influx), influx, registry_at=NOW - timedelta(hours=1))
     keeper = StateKeeper(CollectorSettings(influx=influx))
+    request.addfinalizer(keeper.stop)
     assert keeper.tick() > 0
     client = database.client
     states = state_fields(client)
-    reported = {r.school.school_id for r in fleet.records if r.downloads or r.agent_lost}
-    assert reported <= states.keys()
+    assert states.keys() == {r.school.school_id for r in fleet.records}  # reported or not
     wrong = {sid: same(fields, raw_fields(client, sid)) for sid, fields in states.items()}
     assert {sid: w for sid, w in wrong.items() if w} == {}
     at = datetime.now(UTC)
@@ -209,7 +214,8 @@ def test_a_fast_agent_clock_counts_as_now_instead_of_hiding_the_school(database:
         encode("speed", tags | {"result": "success"}, {"result_code": 0, "download_mbps": 25.0},
                ahead),
     ])  # fmt: skip
-    StateKeeper(CollectorSettings(influx=influx)).tick()
+    with StateKeeper(CollectorSettings(influx=influx)) as keeper:
+        keeper.tick()
     state = state_fields(database.client)["KZ-FAST"]
     assert (state["online"], state["reason"], state["version"]) == (1, "started", "9.9.9")
     assert state["status_ms"] <= time.time() * 1000
@@ -221,3 +227,31 @@ def test_a_fast_agent_clock_counts_as_now_instead_of_hiding_the_school(database:
     )
     assert listed
     assert listed[0].values[-1][1] == 1
+
+
+def test_old_dated_points_make_a_bounded_read_again() -> None:
+    """A school sending points 59 days old (an outbox, or a hostile school) is read again
+    from then for speed results only; agent rows only since its latest agent values."""
+    state = CurrentState()
+    at = ns(NOW)
+    minute = 60 * NS
+    for name in AGENT_FIELDS:
+        state.school("KZ-OLD", "Almaty").add_agent(name, at - minute, 1)
+    state.school("KZ-NEW", "Almaty").add_agent("online", at - minute, 1)  # the rest missing
+    long_ago = at - days_ns(59)
+    reads = late_reads({"KZ-OLD": long_ago, "KZ-NEW": long_ago}, state, at)
+    (read,) = reads
+    assert read.since == long_ago
+    assert read.schools == ["KZ-NEW", "KZ-OLD"]
+    assert read.agent_since == long_ago  # KZ-NEW's missing fields may be in its old rows
+    (alone,) = late_reads({"KZ-OLD": long_ago}, state, at)
+    assert alone.agent_since == at - minute
+    (ancient,) = late_reads({"KZ-OLD": at - days_ns(400)}, state, at)
+    assert ancient.since == at - days_ns(AGENT_DAYS)  # nothing older changes the state
+    many = {f"KZ-{n:03d}": at - n * minute for n in range(120)}
+    reads = late_reads(many, state, at)
+    assert [len(r.schools) for r in reads] == [50, 50, 20]
+    assert reads[0].since == at - 119 * minute  # the oldest read together
+    assert {s for r in reads for s in r.schools} == set(many)
+    for read in reads:
+        assert read.since == min(many[s] for s in read.schools)
