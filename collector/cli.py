@@ -7,13 +7,17 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.command_line import common_options, setup_logging
 from agent.config_file import ConfigError, load_settings
 from collector import speed_server
 from collector.settings import ENV_PREFIX, CollectorSettings
+
+if TYPE_CHECKING:
+    from collector.influx.query import InfluxQL
+    from collector.rollout import Row
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -110,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--region", help="only this region (and the national row)")
     rollout.add_argument(
         "--at", type=_moment, metavar="TIME",
-        help="ISO 8601 time to compute for, e.g. 2026-11-01T08:00:00+05:00 (default: now)",
+        help="ISO 8601 time to compute for from raw points, e.g. 2026-11-01T08:00:00+05:00. "
+        "Default: the figures a running collector computed last from its current state "
+        "(at most two rollout.interval_s old); without them, computed now from raw points",
     )  # fmt: skip
     rollout.add_argument("--format", choices=["table", "csv", "json"], default="table")
     simulate = commands.add_parser(
@@ -373,7 +379,9 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
                   f'{where} GROUP BY "metric", "region"', file=sys.stderr)  # fmt: skip
     client = InfluxQL(settings.influx)
     try:
-        rows = rollout(client, args.at, settings.rollout.rules())
+        rows = _latest_rollout(client, settings) if args.at is None else None
+        if rows is None:
+            rows = rollout(client, args.at, settings.rollout.rules())
     except InfluxError as exc:
         print(f"school-collector: InfluxDB: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -403,6 +411,23 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
                   for rec in records]  # fmt: skip
         print(_table(columns, values))
     return 0
+
+
+def _latest_rollout(client: InfluxQL, settings: CollectorSettings) -> list[Row] | None:
+    """The collector's own latest figures, when fresh; the note on stderr says when."""
+    from collector.rollout import latest_rows  # noqa: PLC0415
+
+    interval = settings.rollout.interval_s
+    found = latest_rows(client, timedelta(seconds=2 * interval))
+    if found is None:
+        print(f"school-collector: no collector wrote the rollout in the last {2 * interval:g} s "
+              "(rollout.interval_s, twice); computing it now from raw points, which takes "
+              "longer", file=sys.stderr)  # fmt: skip
+        return None
+    at, rows = found
+    print(f"school-collector: as the collector computed it at {at:%Y-%m-%d %H:%M:%S} UTC from "
+          "its current state; --at TIME computes it from raw points", file=sys.stderr)  # fmt: skip
+    return rows
 
 
 def _provision(args: argparse.Namespace) -> int:

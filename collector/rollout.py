@@ -238,5 +238,37 @@ def rollout_lines(rows: Iterable[Row], at: datetime) -> list[str]:
     ]
 
 
+def latest_rows(ql: InfluxQL, within: timedelta) -> tuple[datetime, list[Row]] | None:
+    """The rows of the newest ``rollout`` run within ``within``, and its time; None if none.
+
+    A collector's rollup or state keeper writes them every ``rollout.interval_s``
+    from its current state: reading them costs one small query.
+    """
+    series = ql.query(
+        'SELECT "schools", "total" '  # noqa: S608 - each series' newest point, its own time
+        f'FROM "history"."{ROLLOUT}" WHERE time > now() - {int(within.total_seconds())}s '
+        'GROUP BY "metric", "level", "region" ORDER BY time DESC LIMIT 1',
+        epoch="ns",
+    )
+    if not series:
+        return None
+    newest = max(s.values[0][0] for s in series)
+    found = {
+        (s.tags["metric"], s.tags.get("region") or NATIONAL): Row(
+            s.tags["metric"], s.tags.get("region") or NATIONAL, int(s.values[0][1]),
+            int(s.values[0][2]))
+        for s in series
+        if s.values[0][0] == newest and s.tags["metric"] in DEFINITIONS
+    }  # fmt: skip
+    regions = sorted({region for _, region in found} - {NATIONAL})
+    rows = [
+        found[metric, region]
+        for region in [NATIONAL, *regions]
+        for metric in DEFINITIONS
+        if (metric, region) in found
+    ]
+    return datetime.fromtimestamp(newest / 1e9, UTC), rows
+
+
 def _ns(moment: datetime) -> int:
     return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000

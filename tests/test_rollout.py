@@ -20,7 +20,15 @@ from collector.influx import make_history_writer, make_writer
 from collector.influx.query import InfluxQL
 from collector.influx.v1 import V1Writer
 from collector.registry import SchoolRegistry
-from collector.rollout import CHASE, DEFINITIONS, NATIONAL, ROLLOUT_SCHOOL, rollout, rollout_lines
+from collector.rollout import (
+    CHASE,
+    DEFINITIONS,
+    NATIONAL,
+    ROLLOUT_SCHOOL,
+    Row,
+    rollout,
+    rollout_lines,
+)
 from collector.rollup import Rollup
 from collector.settings import CollectorSettings, InfluxSettings
 from tests.conftest import start_collector
@@ -58,6 +66,11 @@ def test_the_simulated_registry_looks_like_the_country(fleet: Fleet) -> None:
 
 
 def _cli_rollout(database: Influx, *args: str) -> list[dict[str, Any]]:
+    return _cli_rollout_noted(database, *args)[0]
+
+
+def _cli_rollout_noted(database: Influx, *args: str) -> tuple[list[dict[str, Any]], str]:
+    """The rows, and what the command said on stderr."""
     env = command_env(
         SCHOOL_COLLECTOR_INFLUX__URL=database.url,
         SCHOOL_COLLECTOR_INFLUX__DATABASE=database.database,
@@ -66,7 +79,7 @@ def _cli_rollout(database: Influx, *args: str) -> list[dict[str, Any]]:
         [sys.executable, "-m", "collector", "rollout", "--format", "json", *args],
         capture_output=True, text=True, env=env, timeout=120, check=True,
     )  # fmt: skip
-    return list(json.loads(result.stdout))
+    return list(json.loads(result.stdout)), result.stderr
 
 
 def test_every_percentage_from_the_cli_equals_the_ground_truth(
@@ -79,6 +92,35 @@ def test_every_percentage_from_the_cli_equals_the_ground_truth(
         expected = truth[row["metric"], row["region"]]
         assert row["percent"] == pytest.approx(expected, abs=0.1), (row, expected)
     regional = _cli_rollout(stored, "--at", NOW.isoformat(), "--region", "Turkistan")
+    assert {row["region"] for row in regional} == {NATIONAL, "Turkistan"}
+
+
+def test_without_at_the_cli_shows_the_collectors_latest_figures(
+    fleet: Fleet, stored: Influx
+) -> None:
+    settings = InfluxSettings(url=stored.url, database=stored.database)
+    computed, said = _cli_rollout_noted(stored)  # no collector has written any yet
+    assert "computing it now from raw points" in said
+    truth = ground_truth(fleet, datetime.now(UTC))
+    for row in computed:
+        assert row["percent"] == pytest.approx(truth[row["metric"], row["region"]], abs=0.1)
+    rows = rollout(InfluxQL(settings), NOW)
+    assert rows is not None
+    history = make_history_writer(settings)
+    stale = datetime.now(UTC) - timedelta(minutes=11)  # older than 2 x rollout.interval_s
+    history.write(rollout_lines(rows[:1], stale))
+    assert "computing it now" in _cli_rollout_noted(stored)[1]
+    written = datetime.now(UTC) - timedelta(minutes=1)
+    doctored = [Row(r.metric, r.region, r.schools // 2, r.total) for r in rows]  # tells them apart
+    history.write(rollout_lines(doctored, written))
+    shown, said = _cli_rollout_noted(stored)
+    assert f"as the collector computed it at {written:%Y-%m-%d %H:%M:%S}" in said
+    assert shown == [
+        {"metric": r.metric, "region": r.region, "schools": r.schools, "total": r.total,
+         "percent": round(r.percent, 2)}
+        for r in doctored
+    ]  # fmt: skip
+    regional, _ = _cli_rollout_noted(stored, "--region", "Turkistan")
     assert {row["region"] for row in regional} == {NATIONAL, "Turkistan"}
 
 
