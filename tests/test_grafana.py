@@ -20,6 +20,7 @@ import yaml
 
 from agent.contract import DeviceKind, DeviceState
 from collector.alert_routing import load_teams, provisioning
+from collector.current_state import CurrentState, DeviceFacts
 from collector.fleet import Fleet, SchoolRecord, generate, ground_truth, write_direct
 from collector.influx import make_history_writer
 from collector.influx.query import InfluxQL, Series
@@ -199,6 +200,33 @@ def test_every_query_is_bounded_in_time(where: str, query: str, span: str) -> No
         limit = next((s for name, s in NOW_SPANS.items() if source[1].startswith(name)), None)
         if now_question and limit is not None:
             assert max(bounds) <= limit, (where, level, limit)
+
+
+@pytest.mark.parametrize(
+    ("where", "query"),
+    [(w, q) for w, q, _ in _every_query() if '"state".' in q],
+    ids=[w for w, q, _ in _every_query() if '"state".' in q],
+)
+def test_every_state_read_takes_each_series_newest_point_whole(where: str, query: str) -> None:
+    """The inner query reads a field that the keeper writes on every point, so its newest
+    row is the series' newest point even where the fields the panel shows are gone from
+    it; and it reads every field the outer query uses."""
+    outer, inner = _levels(query)
+    measurement = re.search(r'FROM "state"\."(\w+)"', inner)
+    assert measurement, where
+    written = CurrentState()  # a school known by nothing but its name: what every point has
+    written.school("KZ-1", "R")
+    fields = set(written.school_fields("KZ-1", 0, {}))
+    if measurement[1] == "device_state":
+        written.devices["KZ-1", "d", "panic_button"] = DeviceFacts(0, "R", "up", 1, 1, None, None)
+        fields = set(written.device_fields(("KZ-1", "d", "panic_button"), 0))
+    selected = re.fullmatch(r"SELECT (.*?) FROM .*", inner.strip(), re.DOTALL)
+    assert selected, where
+    names = re.findall(r'"(\w+)"', selected[1])
+    assert names[0] in fields, (where, names[0], fields)
+    tags = set(re.findall(r'"(\w+)"', inner.split("GROUP BY")[1]))
+    used = set(re.findall(r'(?<!AS )"(\w+)"', outer)) - tags
+    assert used <= set(names), (where, used - set(names))
 
 
 def test_the_time_bound_check_finds_an_unbounded_subquery() -> None:
