@@ -16,7 +16,10 @@ own (deploy/localstack.py):
    tick builds the current state from raw points (timed: *bootstrap*), the
    second reads what was stored since (timed: *tick*); the state points it
    writes are counted;
-3. InfluxDB is restarted (its memory from the writes let go) and **after**
+3. once InfluxDB has compacted what was written (told to compact a shard idle
+   for 10 s, as the storage benchmark does: the steady state of days-old
+   shards, with no compaction competing with the queries), it is restarted
+   (its memory from the writes let go) and **after**
    runs: every panel, variable and alert query of the dashboards and rules in
    this tree, with Grafana's macros substituted as tests/test_grafana.py does
    (the dashboards' range 30 days; an alert's own relativeTimeRange), each
@@ -70,7 +73,7 @@ from collector.registry import School, SchoolRegistry  # noqa: E402
 from collector.registry_store import import_registry  # noqa: E402
 from collector.settings import CollectorSettings, InfluxSettings  # noqa: E402
 from collector.state_keeper import StateKeeper  # noqa: E402
-from tests.bench.storage import Day  # noqa: E402
+from tests.bench.storage import Day, QuicklyCompacted, wait_compacted  # noqa: E402
 from tests.support.grafana_queries import every_query, in_tree, substitute  # noqa: E402
 
 BEFORE = "a716be0"  # the last commit whose dashboards and rollout read raw points
@@ -290,7 +293,7 @@ def run_set(
 
 @contextmanager
 def influxdb(workdir: Path) -> Iterator[InfluxDB]:
-    influx = InfluxDB(workdir, free_port(), free_port())
+    influx = QuicklyCompacted(workdir, free_port(), free_port())
     influx.start()
     try:
         yield influx
@@ -326,7 +329,10 @@ def measure(schools: int, lengths: list[int], repeat: int, workdir: Path) -> lis
                 began = time.perf_counter()
                 keeper.tick()
                 tick_s = time.perf_counter() - began
-            print(f"  {days} days: state built in {bootstrap_s:.1f} s", file=sys.stderr)
+            print(f"  {days} days: state built in {bootstrap_s:.1f} s; compacting ...",
+                  file=sys.stderr)  # fmt: skip
+            data = influx.run_dir / "influxdb"
+            wait_compacted(data / "data", data / "wal", [settings.database], timeout=3600)
             now_set = every_query(in_tree, SPAN)
             after = run_set(influx, settings, now_set, region, school, repeat, [])
             raw_set = every_query(at_commit(BEFORE), SPAN)

@@ -179,7 +179,7 @@ def measure(schools: int, workdir: Path) -> Figures:
         data = workdir / "influxdb" / "data"
         wal = workdir / "influxdb" / "wal"
         databases = [*by_measurement, "rollout"]
-        _wait_compacted(data, wal, databases)
+        wait_compacted(data, wal, databases)
         # The data itself; the series index is a fixed, preallocated file per database.
         found = {
             name: (len(lines), _tsm(data / name / "autogen"), summarised.get(name, 0),
@@ -215,7 +215,7 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _wait_compacted(data: Path, wal: Path, databases: list[str], timeout: float = 120) -> None:
+def wait_compacted(data: Path, wal: Path, databases: list[str], timeout: float = 120) -> None:
     """Until the WAL is empty and each shard is one fully compacted TSM file."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
