@@ -281,6 +281,7 @@ def run_set(
         env = os.environ | {
             "SCHOOL_COLLECTOR_INFLUX__URL": settings.url,
             "SCHOOL_COLLECTOR_INFLUX__DATABASE": settings.database,
+            "SCHOOL_COLLECTOR_INFLUX__TIMEOUT_S": str(settings.timeout_s),
         }
         began = time.perf_counter()
         subprocess.run([sys.executable, "-m", "collector", "rollout", *rollout_args],
@@ -309,7 +310,8 @@ def measure(schools: int, lengths: list[int], repeat: int, workdir: Path) -> lis
     school = next(s.school_id for s in fleet.registry if s.region == region)
     results = []
     with influxdb(workdir / f"influx-{schools}") as influx:
-        settings = InfluxSettings(url=influx.url, database="school_monitor")
+        # a raw query over weeks of a dense fleet can take longer than the collector's 10 s
+        settings = InfluxSettings(url=influx.url, database="school_monitor", timeout_s=300)
         make_writer(settings).ensure_database()
         oldest = ns(now) - max(lengths) * 86_400 * 1_000_000_000
         import_registry(fleet.registry, settings, "query-cost", oldest)
@@ -340,7 +342,7 @@ def measure(schools: int, lengths: list[int], repeat: int, workdir: Path) -> lis
             before = run_set(influx, settings, raw_set, region, school, repeat, raw_rollout)
             results.append(Result(schools, days, points, bootstrap_s, tick_s, state_points,
                                   after, before))  # fmt: skip
-            print(detail(results[-1]), flush=True)
+            print(detail(results[-1]) + "\n\n" + summary(results[-1:]), flush=True)
     return results
 
 
