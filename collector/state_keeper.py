@@ -122,7 +122,10 @@ class StateKeeper:
 
     def _run(self) -> None:
         interval = self._settings.state.interval_s
-        delay = 0.0
+        # The first read too waits for a whole interval: by then the pipeline knows whether
+        # it drains a backlog, and the read of every school's raw points (the bootstrap) is
+        # postponed with the rest instead of loading InfluxDB while it takes the backlog.
+        delay = interval - time.time() % interval
         while not self._stopping.wait(delay):
             delay = interval - time.time() % interval  # on whole intervals, as other keepers
             if postpone(self._draining, self._stopping, self._settings.rollout.interval_s):

@@ -149,7 +149,10 @@ def test_before_any_registry_there_is_no_percentage(database: Influx) -> None:
 def test_the_collector_writes_the_rollout_every_interval(
     fleet: Fleet, stored: Influx, collector_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = command_env(**collector_env) | {"SCHOOL_COLLECTOR_ROLLOUT__INTERVAL_S": "10"}
+    env = command_env(**collector_env) | {
+        "SCHOOL_COLLECTOR_ROLLOUT__INTERVAL_S": "10",
+        "SCHOOL_COLLECTOR_STATE__INTERVAL_S": "5",  # its first tick: within 5 s
+    }
     collector = start_collector(collector_process(tmp_path, env))
     try:
         found = wait_for(
