@@ -1,6 +1,6 @@
 """The collector's state keeper: the current state, and the rollout computed from it.
 
-At start the keeper reads, once, what the state needs from raw points: the
+At its first tick the keeper reads, once, what the state needs from raw points: the
 successful tests of the rollout window, each school's last speed result, its
 agent's latest values, its devices' latest states. From then on, every
 ``state.interval_s`` (a *tick*) it reads only what was stored since the last
