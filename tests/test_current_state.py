@@ -109,24 +109,25 @@ def test_the_state_of_a_simulated_fleet_equals_its_raw_points(
     survey = keeper.survey(at)
     assert survey is not None
     assert survey.rows() == rollout(client, at)  # every percentage, nationally and by region
-    listed = {
-        (s.tags["school_id"], s.tags["device_id"])
-        for s in client.query(
-            'SELECT "state" FROM (SELECT * FROM "state"."device_state" WHERE time > now() - 20m '
-            'GROUP BY "school_id", "device_id" ORDER BY time DESC LIMIT 1) WHERE "listed" = 1 '
-            'AND time > now() - 20m GROUP BY "school_id", "device_id" ORDER BY time DESC'
-        )
-    }
-    raw_listed = {
-        (s.tags["school_id"], s.tags["device_id"])
-        for s in client.query(
-            'SELECT "code" FROM (SELECT last("state_code") AS "code" FROM "device" WHERE '
-            'time > now() - 15m GROUP BY "school_id", "device_id") WHERE "code" >= 2 '
-            'AND time > now() - 15m GROUP BY "school_id", "device_id"'
-        )
-    }
+    listed = _devices(
+        client,
+        'SELECT "state" FROM (SELECT * FROM "state"."device_state" WHERE time > now() - 20m '
+        'GROUP BY "school_id", "device_id" ORDER BY time DESC LIMIT 1) WHERE "listed" = 1 '
+        'AND time > now() - 20m GROUP BY "school_id", "device_id" ORDER BY time DESC',
+    )
+    raw_listed = _devices(
+        client,
+        'SELECT "code" FROM (SELECT last("state_code") AS "code" FROM "device" WHERE '
+        'time > now() - 15m GROUP BY "school_id", "device_id") WHERE "code" >= 2 '
+        'AND time > now() - 15m GROUP BY "school_id", "device_id"',
+    )
     assert listed == raw_listed
     assert listed
+
+
+def _devices(client: InfluxQL, query: str) -> set[tuple[str, str]]:
+    """(school, device) of each series ``query`` returns."""
+    return {(s.tags["school_id"], s.tags["device_id"]) for s in client.query(query)}
 
 
 def _status(publisher: SchoolPublisher, online: bool, at: datetime, reason: StatusReason) -> None:

@@ -109,6 +109,8 @@ def test_without_at_the_cli_shows_the_collectors_latest_figures(
     history = make_history_writer(settings)
     stale = datetime.now(UTC) - timedelta(minutes=11)  # older than 2 x rollout.interval_s
     history.write(rollout_lines(rows[:1], stale))
+    ahead = datetime.now(UTC) + timedelta(minutes=30)  # a collector whose clock runs fast
+    history.write(rollout_lines(rows[:1], ahead))
     assert "computing it now" in _cli_rollout_noted(stored)[1]
     written = datetime.now(UTC) - timedelta(minutes=1)
     doctored = [Row(r.metric, r.region, r.schools // 2, r.total) for r in rows]  # tells them apart
