@@ -11,7 +11,11 @@ and writes what they amount to into the ``state`` retention policy:
   registered school, reported or not), its speed over the rollout window, its
   agent's latest status and its live safety devices;
 - ``device_state``, one series per device that is not up (down, late or
-  stale, with its latest state fresh), and a last point when it stops being so.
+  stale, with its latest state fresh), and a last point when it stops being so;
+- ``school_alert``, likewise for the schools an alert rule names (agent
+  offline, latest three tests below the standard): the rules read only them;
+- ``school_list``, every school's ``school_state`` fields in one series per
+  region, for the questions about every school (:mod:`collector.school_list`).
 
 A point is written when what it says changes, and every school and listed
 device again every ``REFRESH_S``, so readers scan ``WINDOW`` (a refresh, two
@@ -37,9 +41,13 @@ from collector.line_protocol import FieldValue, encode
 from collector.registry import SchoolRegistry
 from collector.rollout import SAFETY_KINDS, Facts
 from collector.rollout_rules import Rules
+from collector.school_list import Row, SchoolList
 
 SCHOOL_STATE = "school_state"
 DEVICE_STATE = "device_state"
+# The schools an alert rule names: agent offline, or the latest three tests below the standard.
+SCHOOL_ALERT = "school_alert"
+ALERT_FIELDS = ("online", "last3_max_mbps", "last3_tests")
 # Written with a batch of points measured more than LATE_S before they were
 # stored (an outbox after an outage): it tells every keeper to read that school again.
 STORED_LATE = "stored_late"
@@ -152,6 +160,8 @@ class CurrentState:
     devices: dict[DeviceKey, DeviceFacts] = field(default_factory=dict)
     written_schools: dict[str, dict[str, FieldValue]] = field(default_factory=dict)
     written_devices: dict[DeviceKey, dict[str, FieldValue]] = field(default_factory=dict)
+    written_alerts: dict[str, dict[str, FieldValue]] = field(default_factory=dict)
+    listing: SchoolList = field(default_factory=SchoolList)
 
     def school(self, school_id: str, region: str | None) -> SchoolFacts:
         found = self.schools.get(school_id)
@@ -308,17 +318,42 @@ class CurrentState:
 
     # -- what to write ---------------------------------------------------------------------
 
+    def alert_fields(self, fields: Mapping[str, FieldValue]) -> dict[str, FieldValue]:
+        """``school_alert`` fields of a school's ``school_state`` fields; ``flagged`` 1 for an
+        agent offline or the latest three tests below ``rollout.threshold_mbps``."""
+        found = {name: fields[name] for name in ALERT_FIELDS if name in fields}
+        tests = fields.get("last3_tests")
+        best = fields.get("last3_max_mbps")
+        below = isinstance(best, float) and tests == LAST_TESTS and best < self.rules.threshold_mbps
+        found["flagged"] = int(below or fields.get("online") == 0)
+        return found
+
     def lines(self, at: int, refresh: bool) -> list[str]:
         """The state points to write at ``at``: what changed, or everything on a refresh."""
         found: list[str] = []
         live = self.live_kinds(at)
+        rows: dict[str, Row] = {}
+        changed: set[str] = set()
         for school_id, school in self.schools.items():
             fields = self.school_fields(school_id, at, live)
+            tags = {"school_id": school_id, "region": school.region}
             before = self.written_schools.get(school_id)
-            if refresh or before is None or _changed(before, fields):
-                tags = {"school_id": school_id, "region": school.region}
+            if before is None or _changed(before, fields):
+                changed.add(school_id)
+            if refresh or school_id in changed:
                 found.append(encode(SCHOOL_STATE, tags, fields, at))
                 self.written_schools[school_id] = fields
+            rows[school_id] = (school.region, fields)
+            flags = self.alert_fields(fields)
+            flagged_before = self.written_alerts.get(school_id)
+            if flags["flagged"] or flagged_before is not None:
+                if refresh or flags != flagged_before:
+                    found.append(encode(SCHOOL_ALERT, tags, flags, at))
+                if flags["flagged"]:
+                    self.written_alerts[school_id] = flags
+                else:  # its last point says it is fine again; the alert resolves
+                    del self.written_alerts[school_id]
+        found += self.listing.lines(rows, at, changed)
         for key, device in self.devices.items():
             fields = self.device_fields(key, at)
             before = self.written_devices.get(key)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from collector.current_state import DEVICE_STATE, SCHOOL_STATE, WINDOW
+from collector.current_state import DEVICE_STATE, SCHOOL_ALERT, SCHOOL_STATE, WINDOW
+from collector.school_list import LIST_WINDOW, SCHOOL_LIST
 
 DATASOURCE = {"type": "influxdb", "uid": "school-monitor-influxdb"}
 TAGS = ["school-monitor"]
@@ -81,7 +82,19 @@ def newest(
 
 
 # A field on every point of each state measurement (collector.current_state writes them always).
-WHOLE = {SCHOOL_STATE: "panic_button_live", DEVICE_STATE: "listed"}
+WHOLE = {SCHOOL_STATE: "panic_button_live", DEVICE_STATE: "listed", SCHOOL_ALERT: "flagged"}
+
+
+def every_school(columns: str, *, where: str = "", by: str = '"region"') -> str:
+    """``columns`` of every school's row in ``school_list`` (collector.school_list).
+
+    Its window holds one row per school; it reads one series per region
+    instead of one per school. ``where`` filters on fields, ``by`` groups
+    (``""``: an aggregate over every school).
+    """
+    window = f"{where} AND {LIST_WINDOW}" if where else LIST_WINDOW
+    group = f" GROUP BY {by}" if by else ""
+    return f'SELECT {columns} FROM "state"."{SCHOOL_LIST}" WHERE {window}{group}'
 
 
 def inner_fields(measurement: str, *used: str) -> str:

@@ -21,6 +21,7 @@ from collector.influx.v1 import V1Writer
 from collector.line_protocol import encode
 from collector.points import ns
 from collector.rollout import rollout
+from collector.school_list import LIST_WINDOW
 from collector.settings import CollectorSettings, InfluxSettings
 from collector.state_keeper import StateKeeper, late_reads
 from tests.conftest import start_collector
@@ -74,6 +75,28 @@ def state_fields(ql: InfluxQL) -> dict[str, dict[str, Any]]:
     }
 
 
+def list_fields(ql: InfluxQL) -> dict[str, dict[str, Any]]:
+    """Each school's row of school_list, as the lists of every school read it (once each)."""
+    found: dict[str, dict[str, Any]] = {}
+    for s in ql.query(f'SELECT * FROM "state"."school_list" WHERE {LIST_WINDOW}'):
+        for row in s.rows():
+            fields = {k: v for k, v in row.items() if v is not None and k != "time"}
+            school_id = fields.pop("school_id")
+            assert school_id not in found
+            found[school_id] = fields
+    return found
+
+
+def alert_schools(ql: InfluxQL) -> set[str]:
+    """The schools whose newest school_alert point is flagged."""
+    series = ql.query(
+        'SELECT "flagged" FROM (SELECT "flagged" FROM "state"."school_alert" WHERE time > now() '
+        '- 20m GROUP BY "school_id" ORDER BY time DESC LIMIT 1) WHERE "flagged" = 1 AND time > '
+        'now() - 20m GROUP BY "school_id" ORDER BY time DESC'
+    )
+    return {s.tags["school_id"] for s in series}
+
+
 def same(state: dict[str, Any], raw: dict[str, Any]) -> list[str]:
     """The fields of RAW on which they differ."""
     wrong = []
@@ -105,6 +128,13 @@ def test_the_state_of_a_simulated_fleet_equals_its_raw_points(
     assert states.keys() == {r.school.school_id for r in fleet.records}  # reported or not
     wrong = {sid: same(fields, raw_fields(client, sid)) for sid, fields in states.items()}
     assert {sid: w for sid, w in wrong.items() if w} == {}
+    tags = ("time", "school_id")  # the list: school_id a field, one series per region
+    assert list_fields(client) == {sid: {k: v for k, v in f.items() if k not in tags}
+                                   for sid, f in states.items()}  # fmt: skip
+    flagged = {sid for sid, f in states.items() if f.get("online") == 0
+               or (f.get("last3_tests") == 3 and f["last3_max_mbps"] < 20)}  # fmt: skip
+    assert alert_schools(client) == flagged
+    assert flagged
     at = datetime.now(UTC)
     survey = keeper.survey(at)
     assert survey is not None
@@ -144,6 +174,31 @@ def _status(publisher: SchoolPublisher, online: bool, at: datetime, reason: Stat
         host=health if online else None,
     )
     publisher.publish_raw("agent", status.model_dump_json(exclude_none=True).encode())
+
+
+def test_a_school_is_on_the_alert_list_while_flagged_and_leaves_it_with_one_point() -> None:
+    state = CurrentState()
+    school = state.school("KZ-1", "R")
+    at = days_ns(100)
+    school.add_agent("online", at - NS, 0)
+
+    def alerts(tick: int, refresh: bool = False) -> list[str]:
+        return [line for line in state.lines(tick, refresh) if line.startswith("school_alert,")]
+
+    assert alerts(at) == [f"school_alert,region=R,school_id=KZ-1 flagged=1i,online=0i {at}"]
+    assert alerts(at + 60 * NS) == []
+    assert len(alerts(at + 120 * NS, refresh=True)) == 1  # in every reader's window
+    school.add_agent("online", at + 130 * NS, 1)
+    assert alerts(at + 180 * NS) == [
+        f"school_alert,region=R,school_id=KZ-1 flagged=0i,online=1i {at + 180 * NS}"
+    ]  # the rule sees it fine, and resolves
+    assert alerts(at + 240 * NS, refresh=True) == []
+    for second, mbps in enumerate((5.0, 30.0, 12.0, 8.0)):  # the latest three: 30, 12, 8
+        school.add_result(at + (250 + second) * NS, True, mbps)
+    assert alerts(at + 300 * NS) == []
+    school.add_result(at + 310 * NS, True, 3.0)  # then 12, 8, 3
+    (line,) = alerts(at + 360 * NS)
+    assert "flagged=1i,last3_max_mbps=12" in line
 
 
 def test_late_points_replays_and_wills_reach_the_state_through_the_collector(

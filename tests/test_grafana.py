@@ -28,6 +28,7 @@ from collector.influx.v1 import V1Writer
 from collector.line_protocol import FieldValue, encode
 from collector.points import ns
 from collector.rollout import DEFINITIONS, NATIONAL, rollout_lines, survey
+from collector.school_list import LIST_WINDOW, SCHOOL_LIST, SLOT_S
 from collector.settings import CollectorSettings, InfluxSettings
 from collector.state_keeper import StateKeeper
 from grafana.build import render as build_dashboards
@@ -202,11 +203,12 @@ def test_every_query_is_bounded_in_time(where: str, query: str, span: str) -> No
             assert max(bounds) <= limit, (where, level, limit)
 
 
-@pytest.mark.parametrize(
-    ("where", "query"),
-    [(w, q) for w, q, _ in _every_query() if '"state".' in q],
-    ids=[w for w, q, _ in _every_query() if '"state".' in q],
-)
+def _newest_reads() -> list[tuple[str, str]]:
+    return [(w, q) for w, q, _ in _every_query()
+            if '"state".' in q and f'"{SCHOOL_LIST}"' not in q]  # fmt: skip
+
+
+@pytest.mark.parametrize(("where", "query"), _newest_reads(), ids=[w for w, _ in _newest_reads()])
 def test_every_state_read_takes_each_series_newest_point_whole(where: str, query: str) -> None:
     """The inner query reads a field that the keeper writes on every point, so its newest
     row is the series' newest point even where the fields the panel shows are gone from
@@ -217,6 +219,8 @@ def test_every_state_read_takes_each_series_newest_point_whole(where: str, query
     written = CurrentState()  # a school known by nothing but its name: what every point has
     written.school("KZ-1", "R")
     fields = set(written.school_fields("KZ-1", 0, {}))
+    if measurement[1] == "school_alert":
+        fields = set(written.alert_fields({}))
     if measurement[1] == "device_state":
         written.devices["KZ-1", "d", "panic_button"] = DeviceFacts(0, "R", "up", 1, 1, None, None)
         fields = set(written.device_fields(("KZ-1", "d", "panic_button"), 0))
@@ -227,6 +231,25 @@ def test_every_state_read_takes_each_series_newest_point_whole(where: str, query
     tags = set(re.findall(r'"(\w+)"', inner.split("GROUP BY")[1]))
     used = set(re.findall(r'(?<!AS )"(\w+)"', outer)) - tags
     assert used <= set(names), (where, used - set(names))
+
+
+def _list_reads() -> list[tuple[str, str, str]]:
+    return [(w, q, s) for w, q, s in _every_query() if f'"{SCHOOL_LIST}"' in q]
+
+
+@pytest.mark.parametrize(
+    ("where", "query", "span"), _list_reads(), ids=[w for w, _, _ in _list_reads()]
+)
+def test_every_read_of_the_school_list_scans_one_slot(where: str, query: str, span: str) -> None:
+    """A read of ``school_list`` sees each school once only over exactly one slot, ending
+    now (collector.school_list): a panel writes the window, an alert's range is one slot."""
+    assert len(_levels(query)) == 1, where
+    if "$timeFilter" in query:
+        assert span == f"{SLOT_S}s", where  # Grafana: time >= <now - 300 s>ms and time <= <now>ms
+        assert "now()" not in query, where
+    else:
+        assert query.count(LIST_WINDOW) == 1, where
+        assert query.count("time ") == 2, where
 
 
 def test_the_time_bound_check_finds_an_unbounded_subquery() -> None:
@@ -305,9 +328,9 @@ def test_the_fleet_panel_lists_the_agents_offline(fleet: Fleet, stored: InfluxQL
     panel = _panel(
         "fleet-health.json", "Agents offline now (last status in 90 days; a school opens its page)"
     )
-    series = _run(stored, panel["targets"][0]["query"], "")
-    shown = {s.tags["school_id"] for s in series}
-    assert shown == {r.school.school_id for r in fleet.records if r.agent_lost}
+    rows = _rows(_run(stored, panel["targets"][0]["query"], ""))
+    shown = [row["school_id"] for row in rows]
+    assert sorted(shown) == sorted(r.school.school_id for r in fleet.records if r.agent_lost)
     assert shown
 
 
@@ -650,7 +673,9 @@ def test_the_map_shows_every_registered_school_at_its_place_with_its_average(
     panel = next(p for p in _dashboards()["national-overview.json"]["panels"]
                  if p["type"] == "geomap")  # fmt: skip
     (query,) = [t["query"] for t in panel["targets"]]
-    shown = {s.tags["school_id"]: (s.tags, s.rows()[0]) for s in _run(stored, query, "")}
+    rows = [(s.tags, row) for s in _run(stored, query, "") for row in s.rows()]
+    shown = {row["school_id"]: (tags, row) for tags, row in rows}
+    assert len(rows) == len(shown)  # each school once
     assert set(shown) == {r.school.school_id for r in fleet.records}  # reported or not
     window = NOW - timedelta(days=30)
     compared = 0

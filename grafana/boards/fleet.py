@@ -8,12 +8,14 @@ from grafana.parts import (
     Json,
     by_name,
     dashboard,
+    every_school,
     field,
-    newest,
     panel,
     school_column,
     target,
 )
+
+HAS_VERSION = "\"version\" != ''"  # a school without a version (no online status) has no slice
 
 
 def fleet() -> Json:
@@ -23,7 +25,9 @@ def fleet() -> Json:
             "table",
             [
                 target(
-                    newest('"status_ms", "online", "reason"', where='"online" = 0'),
+                    every_school(
+                        '"school_id", "status_ms", "online", "reason"', where='"online" = 0'
+                    ),
                     fmt="table",
                 )
             ],
@@ -41,7 +45,7 @@ def fleet() -> Json:
         panel(
             "Agent versions (schools online in the last 30 days)",
             "piechart",
-            [target(newest('"version"', groups='"school_id"'), fmt="table")],
+            [target(every_school('"school_id", "version"', where=HAS_VERSION, by=""), fmt="table")],
             (12, 0, 12, 10),
             transformations=[
                 {
@@ -70,14 +74,14 @@ def fleet() -> Json:
         panel(
             "Outbox backlog (messages waiting at agents)",
             "stat",
-            [target(newest('sum("outbox_messages")', by=""))],
+            [target(every_school('sum("outbox_messages")', by=""))],
             (0, 10, 8, 6),
             fieldConfig=field("short", decimals=0),
         ),
         panel(
             "Outbox drops",
             "stat",
-            [target(newest('sum("outbox_dropped")', by=""))],
+            [target(every_school('sum("outbox_dropped")', by=""))],
             (8, 10, 8, 6),
             fieldConfig=field("short", decimals=0),
         ),
@@ -86,9 +90,9 @@ def fleet() -> Json:
             "table",
             [
                 target(
-                    newest(
-                        '"data_used_month_bytes" AS "used", "data_budget_month_bytes" AS "budget"',
-                        groups='"school_id"',
+                    every_school(
+                        '"school_id", "data_used_month_bytes" AS "used", '
+                        '"data_budget_month_bytes" AS "budget"',
                         where='"data_used_month_bytes" >= 0',
                     ),
                     fmt="table",

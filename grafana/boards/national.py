@@ -10,9 +10,9 @@ from grafana.parts import (
     Json,
     by_name,
     dashboard,
+    every_school,
     field,
     hide,
-    newest,
     panel,
     percent_field,
     region_link,
@@ -83,7 +83,9 @@ def stats() -> list[Json]:
 def school_map() -> Json:
     """Every registered school at its place, coloured by its 30-day average download."""
     schools = target(
-        newest('"name", "latitude", "longitude", "download_mean_mbps" AS "download_mbps"'),
+        every_school(
+            '"school_id", "name", "latitude", "longitude", "download_mean_mbps" AS "download_mbps"'
+        ),
         "A",
         "table",
     )

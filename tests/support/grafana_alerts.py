@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,14 +74,18 @@ class Instance:
 
 
 def run_query(client: InfluxQL, item: dict[str, Any]) -> list[Series]:
-    """One data query of a rule, with $timeFilter over its relativeTimeRange."""
+    """One data query of a rule, with $timeFilter over its relativeTimeRange.
+
+    Grafana's InfluxQL backend renders it as ``time >= <from>ms and time <=
+    <to>ms``, both ends in milliseconds since the epoch (renderTimeFilter in
+    pkg/tsdb/influxdb/influxql).
+    """
     model = item["model"]
     if model.get("resultFormat", "time_series") != "time_series":
         raise RuleError(f"input data must be a wide series but got type long ({item['refId']})")
     span = item["relativeTimeRange"]
-    window = f"time > now() - {span['from']}s"
-    if span.get("to"):
-        window += f" AND time < now() - {span['to']}s"
+    now_ms = time.time_ns() // 1_000_000
+    window = f"time >= {now_ms - span['from'] * 1000}ms and time <= {now_ms - span['to'] * 1000}ms"
     if "$__interval" in model["query"]:
         raise RuleError("this evaluator does not expand $__interval; name the interval")
     found = []

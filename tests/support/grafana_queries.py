@@ -55,9 +55,13 @@ def every_query(
 
 
 def substitute(query: str, region: str, school: str, span: str, interval: str) -> str:
-    """Grafana's macros and variables, as Grafana expands them for InfluxQL."""
+    """Grafana's macros and variables, as Grafana expands them for InfluxQL.
+
+    Grafana's backend writes ``$timeFilter`` with both ends (``time >= <from>ms
+    and time <= <to>ms``); a range ending now ends at now().
+    """
     return (
-        query.replace("$timeFilter", f"time > now() - {span}")
+        query.replace("$timeFilter", f"time >= now() - {span} and time <= now()")
         .replace("$__interval", interval)
         .replace("/^$region$/", f"/^{re.escape(region)}$/")
         .replace("/^$school$/", f"/^{re.escape(school)}$/")
