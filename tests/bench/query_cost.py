@@ -302,7 +302,9 @@ def influxdb(workdir: Path) -> Iterator[InfluxDB]:
         influx.stop()
 
 
-def measure(schools: int, lengths: list[int], repeat: int, workdir: Path) -> list[Result]:
+def measure(
+    schools: int, lengths: list[int], repeat: int, workdir: Path, before_commit: str = BEFORE
+) -> list[Result]:
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     print(f"{schools} schools: making one day of each ...", file=sys.stderr)
     fleet = make_fleet(schools, now)
@@ -331,15 +333,17 @@ def measure(schools: int, lengths: list[int], repeat: int, workdir: Path) -> lis
                 began = time.perf_counter()
                 keeper.tick()
                 tick_s = time.perf_counter() - began
-            print(f"  {days} days: state built in {bootstrap_s:.1f} s; compacting ...",
-                  file=sys.stderr)  # fmt: skip
-            data = influx.run_dir / "influxdb"
-            wait_compacted(data / "data", data / "wal", [settings.database], timeout=3600)
-            now_set = every_query(in_tree, SPAN)
-            after = run_set(influx, settings, now_set, region, school, repeat, [])
-            raw_set = every_query(at_commit(BEFORE), SPAN)
-            raw_rollout = ["--at", datetime.now(UTC).isoformat()]
-            before = run_set(influx, settings, raw_set, region, school, repeat, raw_rollout)
+                # it goes on ticking, as in service: the state's slots move on with the clock
+                keeper.start()
+                print(f"  {days} days: state built in {bootstrap_s:.1f} s; compacting ...",
+                      file=sys.stderr)  # fmt: skip
+                data = influx.run_dir / "influxdb"
+                wait_compacted(data / "data", data / "wal", [settings.database], timeout=3600)
+                now_set = every_query(in_tree, SPAN)
+                after = run_set(influx, settings, now_set, region, school, repeat, [])
+                before_set = every_query(at_commit(before_commit), SPAN)
+                at = ["--at", datetime.now(UTC).isoformat()] if before_commit == BEFORE else []
+                before = run_set(influx, settings, before_set, region, school, repeat, at)
             results.append(Result(schools, days, points, bootstrap_s, tick_s, state_points,
                                   after, before))  # fmt: skip
             print(detail(results[-1]) + "\n\n" + summary(results[-1:]), flush=True)
@@ -401,13 +405,17 @@ def main() -> int:
                         help="history lengths in days, ascending (default: 7,30)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=5, help="runs of each query (default: 5)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--before", default=BEFORE, metavar="COMMIT",
+                        help=f"the commit whose dashboards and rules are 'before' (default: "
+                        f"{BEFORE}, raw points, with `rollout --at now`; a later one: its own "
+                        "reads of the state, with `rollout`)")  # fmt: skip
     args = parser.parse_args()
     sizes = [int(n) for n in args.schools.split(",")]
     lengths = sorted(int(n) for n in args.days.split(","))
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="query-cost-") as tmp:
         for schools in sizes:
-            results += measure(schools, lengths, args.repeat, Path(tmp))
+            results += measure(schools, lengths, args.repeat, Path(tmp), args.before)
     print("\n" + summary(results))
     if args.json:
         args.json.write_text(json.dumps([
