@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from collector.points import Place, PointMaker
 from collector.registry import School, SchoolRegistry
 from collector.registry_store import import_registry
 from collector.settings import CollectorSettings, InfluxSettings
+from collector.state_keeper import StateKeeper
 from tests.support.services import REPO, Influx
 
 README = (REPO / "README.md").read_text()
@@ -251,7 +253,8 @@ def test_every_influxql_example_runs(database: Influx) -> None:
         for line in block.splitlines()
         if line.strip() and not line.startswith("--")
     ]
-    assert len(blocks) >= 2 and len(queries) >= 6
+    assert len(blocks) >= 2
+    assert len(queries) >= 6
     for query in queries:
         database.client.query(query)  # raises InfluxQueryError if InfluxDB refuses it
 
@@ -259,3 +262,44 @@ def test_every_influxql_example_runs(database: Influx) -> None:
 def test_sample_config_files_exist_where_the_readme_says(tmp_path: Path) -> None:
     for path in re.findall(r"\]\(((?:agent|collector|deploy)/[^)]+)\)", README):
         assert (REPO / path).exists(), path
+
+
+def _documented_state(name: str) -> dict[str, tuple[str, str]]:
+    """{key: (tag|field, type)} from a state measurement's table (types may be listed per key)."""
+    table = _table_after(f"**`{name}`**", _section("## InfluxDB measurements"))
+    keys: dict[str, tuple[str, str]] = {}
+    for row in table:
+        if row[0].startswith("every field of"):
+            every = _documented_state(_names(row[0])[0])
+            keys |= {key: value for key, value in every.items() if value[0] == "field"}
+            continue
+        names = _names(row[0])
+        types = [t.strip() for t in row[2].split(",")]
+        for number, key in enumerate(names):
+            keys[key] = (row[1], types[number] if len(types) == len(names) else types[0])
+    return keys
+
+
+@pytest.mark.parametrize(
+    "measurement", ["school_state", "device_state", "school_alert", "school_list"]
+)
+def test_state_tables_match_what_the_keeper_writes(database: Influx, measurement: str) -> None:
+    settings = InfluxSettings(url=database.url, database=database.database)
+    maker = PointMaker(place_of=lambda _school: Place("Almaty", "Bostandyk"))
+    arrived = time.time_ns()  # the Last Will is stamped on arrival: its devices are stale now
+    V1Writer(settings).write([line for m in _sample_messages() for line in maker.lines(m, arrived)])
+    school = School(
+        "KZ-1", "Almaty", "School 1", "Bostandyk", "urban", 43.2, 76.9, 1200, 95,
+        frozenset({DeviceKind.PANIC_BUTTON}), True,
+    )  # fmt: skip
+    import_registry(SchoolRegistry([school]), settings, "schools.csv")
+    with StateKeeper(CollectorSettings(influx=settings)) as keeper:
+        keeper.tick()
+    name = f'"state"."{measurement}"'
+    tags = {row["tagKey"] for row in database.rows(f"SHOW TAG KEYS FROM {name}")}
+    fields = {
+        row["fieldKey"]: row["fieldType"] for row in database.rows(f"SHOW FIELD KEYS FROM {name}")
+    }
+    documented = _documented_state(measurement)
+    assert {k for k, (kind, _) in documented.items() if kind == "tag"} == tags
+    assert {k: TYPES[t] for k, (kind, t) in documented.items() if kind == "field"} == fields
