@@ -48,6 +48,7 @@ DEVICE_STATE = "device_state"
 # The schools an alert rule names: agent offline, or the latest three tests below the standard.
 SCHOOL_ALERT = "school_alert"
 ALERT_FIELDS = ("online", "last3_max_mbps", "last3_tests")
+ALERT_STANDARD_MBPS = 20.0  # the below-standard rule's threshold (grafana/provisioning/alerting)
 # Written with a batch of points measured more than LATE_S before they were
 # stored (an outbox after an outage): it tells every keeper to read that school again.
 STORED_LATE = "stored_late"
@@ -162,6 +163,8 @@ class CurrentState:
     written_devices: dict[DeviceKey, dict[str, FieldValue]] = field(default_factory=dict)
     written_alerts: dict[str, dict[str, FieldValue]] = field(default_factory=dict)
     listing: SchoolList = field(default_factory=SchoolList)
+    _before: tuple[dict[str, dict[str, FieldValue]], dict[DeviceKey, dict[str, FieldValue]],
+                   dict[str, dict[str, FieldValue]]] = ({}, {}, {})  # fmt: skip
 
     def school(self, school_id: str, region: str | None) -> SchoolFacts:
         found = self.schools.get(school_id)
@@ -324,12 +327,17 @@ class CurrentState:
         found = {name: fields[name] for name in ALERT_FIELDS if name in fields}
         tests = fields.get("last3_tests")
         best = fields.get("last3_max_mbps")
-        below = isinstance(best, float) and tests == LAST_TESTS and best < self.rules.threshold_mbps
+        # The rule's threshold is written in it (20); a lower rollout.threshold_mbps must not
+        # hide its schools from it, a higher one (with the rule's raised) is honoured.
+        standard = max(self.rules.threshold_mbps, ALERT_STANDARD_MBPS)
+        below = isinstance(best, float) and tests == LAST_TESTS and best < standard
         found["flagged"] = int(below or fields.get("online") == 0)
         return found
 
     def lines(self, at: int, refresh: bool) -> list[str]:
         """The state points to write at ``at``: what changed, or everything on a refresh."""
+        self._before = (dict(self.written_schools), dict(self.written_devices),
+                        dict(self.written_alerts))  # fmt: skip
         found: list[str] = []
         live = self.live_kinds(at)
         rows: dict[str, Row] = {}
@@ -369,6 +377,14 @@ class CurrentState:
             else:  # its last point says it is no longer listed; readers pass over it
                 del self.written_devices[key]
         return found
+
+    def written(self) -> list[str]:
+        """The last lines are stored; return the InfluxQL to run now (list rows to delete)."""
+        return self.listing.written()
+
+    def unwritten(self) -> None:
+        """The last lines were not stored: the next ones say again what they said."""
+        self.written_schools, self.written_devices, self.written_alerts = self._before
 
     def forget(self, at: int) -> None:
         """Drop what no state can need again: tests out of the window, devices long silent."""

@@ -38,6 +38,8 @@ from collector.current_state import (
     AGENT_FIELDS,
     LATE_S,
     NS,
+    REFRESH_S,
+    SCHOOL_ALERT,
     STORED_LATE,
     CurrentState,
     agent_days,
@@ -156,8 +158,17 @@ class StateKeeper:
         self._read_from = started
         at = at_tick(now, self._settings.state.interval_s)
         lines = self.state.lines(at, refresh=is_refresh(at, self._settings.state.interval_s))
-        if lines:
-            self._state_writer.write(lines)
+        try:
+            if lines:
+                self._state_writer.write(lines)
+        except InfluxError:
+            self.state.unwritten()
+            raise
+        try:
+            for statement in self.state.written():
+                self._ql.query(statement)
+        except InfluxError as exc:  # InfluxDB 2.x's InfluxQL has no DELETE
+            log.warning("a moved school's old list rows stay until their slots end (%s)", exc)
         self.state.forget(at)
         written = len(lines)
         if time.monotonic() >= self._rollout_due:
@@ -190,11 +201,27 @@ class StateKeeper:
         registry = load_registry(self._ql, before_ns=at)
         if registry is not None:
             state.place(registry)
+        self._flagged_before(at)
         log.info(
             "current state built in %.1f s: %d schools, %d devices in the last %g minutes",
             time.monotonic() - began, len(state.schools), len(state.devices),
             rules.device_fresh_minutes,
         )  # fmt: skip
+
+    def _flagged_before(self, at: int) -> None:
+        """Schools an earlier run left flagged: each gets its last point if fine by now."""
+        try:
+            found = self._ql.query(
+                f'SELECT last("flagged") FROM "{STATE}"."{SCHOOL_ALERT}" '  # noqa: S608
+                f'WHERE time > {at - REFRESH_S * 2 * NS} GROUP BY "school_id"'
+            )
+        except InfluxError as exc:
+            log.warning("could not read which schools were flagged (%s)", exc)
+            return
+        for s in found:
+            school_id = s.tags.get("school_id", "")
+            if s.values and s.values[0][1] == 1 and school_id in self.state.schools:
+                self.state.written_alerts[school_id] = {"flagged": 1}
 
     def _catch_up(self, since: int, now: datetime) -> None:
         """Fold in what was stored since ``since`` (ns), and again the late schools."""

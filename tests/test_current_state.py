@@ -201,6 +201,26 @@ def test_a_school_is_on_the_alert_list_while_flagged_and_leaves_it_with_one_poin
     assert "flagged=1i,last3_max_mbps=12" in line
 
 
+def test_a_school_fine_again_while_no_keeper_ran_leaves_the_alert_list(database: Influx) -> None:
+    influx = InfluxSettings(url=database.url, database=database.database)
+    tags = {"school_id": "KZ-9", "region": "R", "agent_id": "agent-kz-9"}
+    now = datetime.now(UTC)
+
+    def status(online: int, minutes_ago: int) -> str:
+        fields = {"online": online, "reason": "connection_lost" if not online else "heartbeat"}
+        return encode("agent", tags | {"status": "online" if online else "offline"}, fields,
+                      ns(now - timedelta(minutes=minutes_ago)))  # fmt: skip
+
+    V1Writer(influx).write([status(0, 10)])
+    with StateKeeper(CollectorSettings(influx=influx)) as keeper:
+        keeper.tick()
+    assert alert_schools(database.client) == {"KZ-9"}
+    V1Writer(influx).write([status(1, 5)])  # back while the collector was restarting
+    with StateKeeper(CollectorSettings(influx=influx)) as keeper:
+        keeper.tick()  # a new keeper: it reads which schools the last one flagged
+    assert alert_schools(database.client) == set()
+
+
 def test_late_points_replays_and_wills_reach_the_state_through_the_collector(
     broker: Mosquitto,
     database: Influx,

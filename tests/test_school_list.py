@@ -20,6 +20,15 @@ def _writer(database: Influx) -> V1Writer:
     return V1Writer(InfluxSettings(url=database.url, database=database.database))
 
 
+def _tick(
+    database: Influx, listing: SchoolList, schools: Schools, at: int, changed: set[str]
+) -> None:
+    """What the keeper does: write the lines, then run what :meth:`written` returns."""
+    _writer(database).write(listing.lines(schools, at, changed))
+    for statement in listing.written():
+        database.client.query(statement)
+
+
 def _seen(database: Influx, moment: int) -> list[tuple[str | None, dict[str, FieldValue]]]:
     """What a reader sees at ``moment`` (ns): the window of collector.school_list.LIST_WINDOW."""
     series = database.client.query(
@@ -56,7 +65,7 @@ def _fleet(count: int) -> Schools:
 def test_a_reader_sees_each_school_once_with_its_latest_fields_at_any_moment(
     database: Influx,
 ) -> None:
-    writer, listing = _writer(database), SchoolList()
+    listing = SchoolList()
     schools = _fleet(60)
     start = _slot_start(3) + 240 * NS  # a minute before a slot ends: three boundaries ahead
     changed = set(schools)
@@ -67,37 +76,37 @@ def test_a_reader_sees_each_school_once_with_its_latest_fields_at_any_moment(
             region, fields = schools[school_id]
             schools[school_id] = (region, fields | {"download_mean_mbps": 100.0 + tick})
             changed = {school_id}
-        writer.write(listing.lines(schools, at, changed))
+        _tick(database, listing, schools, at, changed)
         # just after the tick, in a slot's first second (rows of the slot before), before the next
         for moment in (at + 1, at + OFFSETS, at + 60 * NS - 1):
             assert _as_rows(_seen(database, moment)) == schools, (tick, moment - at)
 
 
 def test_the_list_outlasts_a_late_keeper_by_a_slot_and_comes_back_whole(database: Influx) -> None:
-    writer, listing = _writer(database), SchoolList()
+    listing = SchoolList()
     schools = _fleet(30)
     slot = _slot_start(4)
-    writer.write(listing.lines(schools, slot + 10 * NS, set(schools)))
+    _tick(database, listing, schools, slot + 10 * NS, set(schools))
     assert _as_rows(_seen(database, slot + 2 * SLOT_NS - 1)) == schools  # written a slot ahead
     assert _seen(database, slot + 2 * SLOT_NS + 20 * NS) == []  # then it ends: no stale list
     late = slot + 2 * SLOT_NS + 30 * NS
-    writer.write(listing.lines(schools, late, set()))  # nothing changed, yet all written again
+    _tick(database, listing, schools, late, set())  # nothing changed, yet all written again
     for moment in (late + 1, slot + 3 * SLOT_NS + OFFSETS, slot + 4 * SLOT_NS - 1):
         assert _as_rows(_seen(database, moment)) == schools
 
 
 def test_a_field_that_disappears_is_gone_within_two_slots(database: Influx) -> None:
-    writer, listing = _writer(database), SchoolList()
+    listing = SchoolList()
     schools = _fleet(5)
     region, fields = schools["KZ-001"]
     schools["KZ-001"] = (region, fields | {"version": "1.0.0"})
     start = _slot_start(5) + 30 * NS
-    writer.write(listing.lines(schools, start, set(schools)))
+    _tick(database, listing, schools, start, set(schools))
     schools["KZ-001"] = (region, fields)  # its last online status left the 30-day window
     gone_by = start + 2 * SLOT_NS  # the slots written with it have ended
     for tick in range(1, 13):
         at = start + tick * 60 * NS
-        writer.write(listing.lines(schools, at, {"KZ-001"} if tick == 1 else set()))
+        _tick(database, listing, schools, at, {"KZ-001"} if tick == 1 else set())
         row = _as_rows(_seen(database, at + 1))["KZ-001"]
         assert row[1]["download_mean_mbps"] == 1.0
         if at >= gone_by:
@@ -105,19 +114,58 @@ def test_a_field_that_disappears_is_gone_within_two_slots(database: Influx) -> N
 
 
 def test_schools_whose_offsets_collide_each_keep_a_row(database: Influx) -> None:
-    by_offset: dict[int, str] = {}
-    pair = None
-    for n in itertools.count():  # about 30,000 ids give a collision among 500 million offsets
-        school_id = f"KZ-{n:06d}"
-        other = by_offset.setdefault(offset_of(school_id), school_id)
-        if other != school_id:
-            pair = (other, school_id)
-            break
+    pair = _colliding()
     schools: Schools = {sid: ("R", {"download_mean_mbps": float(i)}) for i, sid in enumerate(pair)}
     listing = SchoolList()
     assert listing.place(pair[0], "R") != listing.place(pair[1], "R")
     assert listing.place(pair[1], "Q") == offset_of(pair[1])  # another region: its own place
     listing = SchoolList()
     at = _slot_start(6) + 10 * NS
-    _writer(database).write(listing.lines(schools, at, set(schools)))
+    _tick(database, listing, schools, at, set(schools))
     assert _as_rows(_seen(database, at + 1)) == schools
+
+
+def _colliding() -> tuple[str, str]:
+    by_offset: dict[int, str] = {}
+    for n in itertools.count():  # about 30,000 ids give a collision among 500 million offsets
+        school_id = f"KZ-{n:06d}"
+        other = by_offset.setdefault(offset_of(school_id), school_id)
+        if other != school_id:
+            return other, school_id
+    raise AssertionError
+
+
+def test_every_keeper_places_colliding_schools_alike_whatever_order_it_met_them_in() -> None:
+    first, second = _colliding()
+    one, other = SchoolList(), SchoolList()
+    one.place(first, "R")
+    one.place(second, "R")
+    other.place(second, "R")  # a keeper that heard of it first
+    assert other.place(first, "R") == one.place(first, "R")
+    assert other.place(second, "R") == one.place(second, "R")
+
+
+def test_a_school_that_moves_region_is_listed_once_in_its_new_region(database: Influx) -> None:
+    listing = SchoolList()
+    schools = _fleet(9)
+    slot = _slot_start(7)
+    _tick(database, listing, schools, slot + 100 * NS, set(schools))
+    _region, fields = schools["KZ-004"]
+    schools["KZ-004"] = ("R9", fields)  # a registry import moved it; nothing else changed
+    at = slot + 160 * NS
+    _tick(database, listing, schools, at, set())
+    for moment in (at + 1, slot + SLOT_NS + OFFSETS, slot + 2 * SLOT_NS - 1):
+        seen = _as_rows(_seen(database, moment))
+        assert seen["KZ-004"][0] == "R9"
+        assert seen == schools
+
+
+def test_after_a_failed_write_the_next_tick_writes_the_list_whole(database: Influx) -> None:
+    listing = SchoolList()
+    schools = _fleet(12)
+    slot = _slot_start(8)
+    _tick(database, listing, schools, slot + 10 * NS, set(schools))
+    listing.lines(schools, slot + SLOT_NS, set())  # the next slot's first tick: InfluxDB down
+    at = slot + SLOT_NS + 60 * NS
+    _tick(database, listing, schools, at, set())
+    assert _as_rows(_seen(database, slot + 3 * SLOT_NS - 1)) == schools  # the one ahead too
