@@ -58,6 +58,23 @@ def encode(
     return "".join(parts)
 
 
+def tag(key: str, value: str | None) -> str:
+    """``,key=value`` as :func:`encode` writes it, or "" for an empty tag (left out)."""
+    return "," + _key(key) + "=" + _tag_value(value) if value else ""
+
+
+def field_set(fields: tuple[tuple[str, FieldValue], ...]) -> str:
+    """``key=value,...`` of ``fields`` given in key order, as :func:`encode` writes them."""
+    found = []
+    for key, value in fields:
+        rendered = _field_value(value)
+        if rendered is not None:
+            found.append(_key(key) + "=" + rendered)
+    if not found:
+        raise ValueError("a point needs at least one field")
+    return ",".join(found)
+
+
 def _escaped_measurement(measurement: str) -> str:
     key = "\0" + measurement  # not a valid key, so never confused with one
     escaped = _KEYS.get(key)

@@ -25,7 +25,7 @@ from agent.contract import (
     StatusReason,
 )
 from collector.device_book import DeviceBook, KnownDevice, Numbering
-from collector.line_protocol import FieldValue, encode
+from collector.line_protocol import FieldValue, encode, field_set, tag
 
 SPEED = "speed"
 AGENT = "agent"
@@ -182,24 +182,26 @@ def device_lines(report: DevicesReport, place: Place = NOWHERE) -> list[str]:
         "district": place.district,
         "agent_id": report.agent_id,
     }
+    # The hot path of a drain: the shared tags escaped once, the device's own between
+    # them in key order, the fields in key order; what encode() writes (a test checks).
+    agent, district = tag("agent_id", report.agent_id), tag("district", place.district)
+    region, school = tag("region", place.region), tag("school_id", report.school_id)
+    stamp = f" {at}"
     lines = [
-        encode(
-            DEVICE,
-            where
-            | {"device_id": device.device_id, "kind": device.kind.value, "result": device.result},
-            {
-                "state": device.state.value,
-                "state_code": DEVICE_STATE_CODES[device.state.value],
-                "up": int(device.state is DeviceState.UP),
-                "response_ms": _float(device.response_ms),
-                "changed_at_ms": ns(device.changed_at) // 1_000_000,
-                "label": text(device.label),
-                "detail": text(device.detail) if device.detail is not None else None,
-            },
-            at,
-        )
+        f"{DEVICE}{agent}{tag('device_id', device.device_id)}{district}"
+        f"{tag('kind', device.kind.value)}{region}{tag('result', device.result)}{school} "
+        + field_set((
+            ("changed_at_ms", ns(device.changed_at) // 1_000_000),
+            ("detail", text(device.detail) if device.detail is not None else None),
+            ("label", text(device.label)),
+            ("response_ms", _float(device.response_ms)),
+            ("state", device.state.value),
+            ("state_code", DEVICE_STATE_CODES[device.state.value]),
+            ("up", int(device.state is DeviceState.UP)),
+        ))
+        + stamp
         for device in report.devices
-    ]
+    ]  # fmt: skip
     report_fields: dict[str, FieldValue] = {
         "sequence": report.sequence,
         "full": int(report.full),
