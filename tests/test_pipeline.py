@@ -17,7 +17,7 @@ from localstack import InfluxDB, free_port
 
 from agent.contract import DeadLetter, RejectReason, SpeedMeasurement, SpeedReport, SpeedResult
 from collector.influx.v1 import V1Writer
-from collector.pipeline import Incoming, Pipeline
+from collector.pipeline import BACKLOG_WAITING, Incoming, Pipeline
 from collector.settings import (
     BatchSettings,
     CollectorMqttSettings,
@@ -222,3 +222,27 @@ def test_a_broker_sending_past_the_receive_window_waits_in_submit_not_in_memory(
     pipeline.stop()
     fourth.join(timeout=2)
     assert not fourth.is_alive(), "stopping must release paho's thread (the message stays unacked)"
+
+
+def test_a_backlog_counts_as_draining_even_when_its_batches_are_cut_by_time(
+    database: Influx, start_pipeline: Callable[[Pipeline, RecordingOutlet], threading.Thread]
+) -> None:
+    """Batches cut by max_wait_s never fill, yet thousands wait behind them: the rollup and
+    the state keeper must still hold off while they drain."""
+    writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
+    settings = _settings(database.url, database.database)
+    settings.batch = BatchSettings(max_points=100_000, max_wait_s=0.02)
+    pipeline = Pipeline(writer, settings)
+    outlet = RecordingOutlet()
+    items = _incoming(_reports(BACKLOG_WAITING * 4))
+    for item in items:
+        pipeline.submit(item)
+    start_pipeline(pipeline, outlet)
+    seen = set()
+    deadline = time.monotonic() + 60
+    while len(outlet.acked) < len(items) and time.monotonic() < deadline:
+        seen.add(pipeline.draining())
+        time.sleep(0.001)
+    assert len(outlet.acked) == len(items)
+    assert True in seen
+    wait_for(lambda: not pipeline.draining() or None, what="the end of the drain")
