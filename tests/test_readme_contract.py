@@ -224,13 +224,7 @@ def test_measurement_tables_match_what_influxdb_holds(database: Influx, measurem
 
     kept = retention.KEPT + tuple(summary.target for summary in retention.SUMMARIES)
     name = f'"history"."{measurement}"' if measurement in kept else f'"{measurement}"'
-    tags = {row["tagKey"] for row in database.rows(f"SHOW TAG KEYS FROM {name}")}
-    fields = {
-        row["fieldKey"]: row["fieldType"] for row in database.rows(f"SHOW FIELD KEYS FROM {name}")
-    }
-    documented = _documented_measurement(measurement)
-    assert {k for k, (kind, _) in documented.items() if kind == "tag"} == tags
-    assert {k: TYPES[t] for k, (kind, t) in documented.items() if kind == "field"} == fields
+    _assert_documented(database, name, _documented_measurement(measurement))
 
 
 def test_the_json_example_is_a_valid_speed_report() -> None:
@@ -296,10 +290,14 @@ def test_state_tables_match_what_the_keeper_writes(database: Influx, measurement
     with StateKeeper(CollectorSettings(influx=settings)) as keeper:
         keeper.tick()
     name = f'"state"."{measurement}"'
+    _assert_documented(database, name, _documented_state(measurement))
+
+
+def _assert_documented(database: Influx, name: str, documented: dict[str, tuple[str, str]]) -> None:
+    """The tag and field keys InfluxDB holds for ``name`` are the README table's."""
     tags = {row["tagKey"] for row in database.rows(f"SHOW TAG KEYS FROM {name}")}
     fields = {
         row["fieldKey"]: row["fieldType"] for row in database.rows(f"SHOW FIELD KEYS FROM {name}")
     }
-    documented = _documented_state(measurement)
     assert {k for k, (kind, _) in documented.items() if kind == "tag"} == tags
     assert {k: TYPES[t] for k, (kind, t) in documented.items() if kind == "field"} == fields
