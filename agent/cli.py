@@ -147,7 +147,15 @@ def _run(settings: AgentSettings, *, once: bool) -> int:
     print(_describe(summary.speed))
     if summary.devices:
         print(describe_devices(summary.devices))
-    print(f"Published  {summary.messages_acknowledged} messages, all acknowledged by the broker")
+    line = f"Published  {summary.messages_acknowledged} messages, all acknowledged by the broker"
+    if summary.receipts and summary.unconfirmed:
+        line += (
+            f"; {summary.unconfirmed} not yet confirmed stored by the collector (they stay in "
+            "the outbox; the next run sends them again if no receipt comes)"
+        )
+    elif summary.receipts:
+        line += ", and confirmed stored in InfluxDB by the collector"
+    print(line)
     return 0
 
 

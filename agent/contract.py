@@ -7,8 +7,12 @@ configurable root with one subtree per school::
     <root>/<school_id>/speed     one speed test result            (QoS 1)
     <root>/<school_id>/devices   safety-device states             (QoS 1)
     <root>/<school_id>/agent     agent status, retained; Last Will (QoS 1)
+    <root>/<school_id>/receipts  what the collector stored and refused   (QoS 1, to the agent)
 
-The collector republishes anything it cannot accept as a :class:`DeadLetter`.
+The collector republishes anything it cannot accept as a :class:`DeadLetter`,
+and tells each school, in a :class:`Receipt`, which of its messages InfluxDB
+stored and which it refused. A retained :class:`Capabilities` message says
+whether the collectors send receipts.
 Models are strict: unknown fields are rejected, numbers must be JSON numbers,
 finite and in range, times must carry a UTC offset. Upgrade the collector
 before the agents when the contract grows.
@@ -77,9 +81,22 @@ def topic_for(root: str, school_id: str, kind: TopicKind) -> str:
     return f"{root}/{school_id}/{kind.value}"
 
 
+RECEIPTS = "receipts"
+
+
+def receipts_topic(root: str, school_id: str) -> str:
+    """``<root>/<school_id>/receipts``: the collector writes it, only that school reads it."""
+    return f"{root}/{school_id}/{RECEIPTS}"
+
+
 def subscription_for(root: str) -> str:
-    """The wildcard the collector subscribes to: every kind of every school."""
+    """The wildcard of every school's every topic (the collector's before receipts)."""
     return f"{root}/+/+"
+
+
+def subscriptions_for(root: str) -> list[str]:
+    """What the collector subscribes to: each kind of every school, never the receipts."""
+    return [f"{root}/+/{kind.value}" for kind in TopicKind]
 
 
 def parse_topic(root: str, topic: str) -> tuple[str, TopicKind] | None:
@@ -354,12 +371,31 @@ class HeartbeatCounts(_Strict):
 
 
 class OutboxCounts(_Strict):
-    """The agent's outbox: messages not yet acknowledged by the broker, and drops."""
+    """The agent's outbox: messages not yet confirmed, and drops.
+
+    ``messages`` waits for the broker (``awaiting_broker``), for a receipt from
+    the collector (``awaiting_receipt``), or for the clock (``held``) to be
+    synchronised. ``undatable`` counts what was taken before a restart while
+    the clock was wrong, and so could not be dated.
+    """
 
     messages: ByteCount
     bytes: ByteCount
     oldest_age_s: Annotated[float, Field(ge=0, le=10**9)]
     dropped: ByteCount
+    awaiting_broker: ByteCount | None = None
+    awaiting_receipt: ByteCount | None = None
+    held: ByteCount | None = None
+    undatable: ByteCount | None = None
+
+
+class RejectionCounts(_Strict):
+    """Messages of this agent the collector refused, by reason (from its receipts)."""
+
+    total: ByteCount = 0
+    by_reason: Annotated[dict[str, ByteCount], Field(max_length=40)] = Field(default_factory=dict)
+    last_reason: ResultName | None = None
+    last_at: AwareDatetime | None = None
 
 
 class AgentState(StrEnum):
@@ -391,6 +427,11 @@ class AgentStatus(Envelope):
     data_budget_month_bytes: ByteCount | None = None
     heartbeats: HeartbeatCounts | None = None
     outbox: OutboxCounts | None = None
+    rejections: RejectionCounts | None = None
+    # When a receipt last said InfluxDB stored one of this agent's messages.
+    last_stored_at: AwareDatetime | None = None
+    # Whether the system clock was synchronised; None from agents that cannot tell.
+    clock_synced: bool | None = None
 
     @model_validator(mode="after")
     def _online_carries_health(self) -> Self:
@@ -439,3 +480,52 @@ class DeadLetter(_Strict):
     # How many messages this letter stands for: 1, or a school's messages over its
     # budget in one batch (the payload is the first of them).
     count: int = Field(default=1, ge=1)
+
+
+# -------------------------------------------------------------- receipts ----
+
+
+class _Lenient(BaseModel):
+    """What the collector sends the agent: unknown fields from a newer collector are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+
+class Refusal(_Lenient):
+    """One message the collector refused; ``message_id`` is None when it could not be read."""
+
+    message_id: MessageId | None = None
+    reason: str
+    detail: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class Receipt(_Lenient):
+    """Published on ``<root>/<school_id>/receipts`` once InfluxDB accepted a batch.
+
+    One per school per batch (split when it would name more than
+    ``RECEIPT_MAX_IDS`` messages). ``stored`` are message ids InfluxDB has;
+    ``refused`` the ones it will never store, with the reason. A
+    ``rate_limited`` refusal is not final: the agent sends it again later.
+    """
+
+    schema_version: Literal[1] = 1
+    school_id: SchoolId
+    collector_id: Annotated[str, StringConstraints(max_length=64)]
+    stored_at: AwareDatetime
+    stored: Annotated[list[MessageId], Field(max_length=1000)] = Field(default_factory=list)
+    refused: Annotated[list[Refusal], Field(max_length=1000)] = Field(default_factory=list)
+
+
+RECEIPT_MAX_IDS = 500
+
+
+class Capabilities(_Lenient):
+    """Retained on the capabilities topic by the collectors (``mqtt.capabilities_topic``)."""
+
+    schema_version: Literal[1] = 1
+    collector_id: Annotated[str, StringConstraints(max_length=64)]
+    receipts: bool
+    announced_at: AwareDatetime
+
+
+DEFAULT_CAPABILITIES_TOPIC = "school-monitor/capabilities"

@@ -52,6 +52,8 @@ class OnceSummary:
     speed: SpeedReport
     messages_acknowledged: int
     devices: list[DeviceObservation]
+    receipts: bool = False  # the collectors send receipts
+    unconfirmed: int = 0  # messages no receipt named within mqtt.ack_timeout_s
 
 
 class Agent:
@@ -145,11 +147,12 @@ class Agent:
             report = self._speed_test(progress)
             stored.append(self.publisher.publish(report, TopicKind.SPEED))
             self.publisher.wait_acked(stored, self.settings.mqtt.ack_timeout_s)
+            unconfirmed = self.publisher.wait_stored(stored, self.settings.mqtt.ack_timeout_s)
         except BrokerError:
             self.publisher.close()
             raise
         self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
-        return OnceSummary(report, len(stored), devices)
+        return OnceSummary(report, len(stored), devices, self.publisher.receipts, unconfirmed)
 
     # -- daemon ----------------------------------------------------------
 

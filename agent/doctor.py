@@ -9,9 +9,12 @@ from __future__ import annotations
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -20,11 +23,15 @@ from agent.config_file import ConfigError
 from agent.contract import DeviceState
 from agent.devices.monitor import DeviceMonitor
 from agent.devices.probes import IcmpUnavailable, icmp_mode
+from agent.outbox import read_delivery
+from agent.refusals import DEFAULT_ADVICE, REFUSAL_ADVICE
 from agent.settings import AgentSettings
 from agent.speed.endpoint import Endpoint, SpeedTestFailed
 from agent.speed.latency import measure_latency
 
 MB = 1_000_000
+# Messages waiting longer than this make the delivery check a warning.
+STUCK_S = 6 * 3600
 
 
 class Verdict(StrEnum):
@@ -50,6 +57,7 @@ def diagnose(settings: AgentSettings) -> list[Finding]:
         findings.append(dns)
         if dns.verdict is Verdict.PASS:
             findings.append(_broker(settings))
+    findings.append(_delivery(settings))
     findings += _speed_servers(settings)
     findings += _devices(settings)
     return findings
@@ -86,6 +94,57 @@ def _clock(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
         "not synchronised: the collector refuses times more than 5 minutes ahead; "
         "run: timedatectl set-ntp true",
     )  # fmt: skip
+
+
+def _delivery(settings: AgentSettings, now: float | None = None) -> Finding:
+    """What the outbox says: waiting messages, the last central store, the last refusal."""
+    path = settings.state_dir / "outbox.db"
+    if not path.exists():
+        return Finding(Verdict.PASS, "delivery", f"nothing sent yet (no {path})")
+    try:
+        stats, delivery = read_delivery(path)
+    except sqlite3.Error as exc:
+        return Finding(
+            Verdict.WARN, "delivery",
+            f"cannot read {path}: {exc}; run doctor as the agent's user (or root)",
+        )  # fmt: skip
+    now = time.time() if now is None else now
+    waiting = (
+        f"{stats.awaiting_broker} message(s) wait for the broker, "
+        f"{stats.awaiting_receipt} for the collector's receipt"
+    )
+    if delivery.last_stored_at is not None:
+        stored = f"last stored centrally {_when(delivery.last_stored_at, now)}"
+    elif delivery.receipts:
+        stored = "no receipt from the collector yet"
+    else:
+        stored = "the collectors send no receipts (the broker's acknowledgement is the last word)"
+    last = delivery.last_refusal
+    if last is not None:
+        advice = REFUSAL_ADVICE.get(last.reason, DEFAULT_ADVICE)
+        return Finding(
+            Verdict.WARN, "delivery",
+            f"{waiting}; {stored}. {delivery.refused_total} message(s) refused so far; the "
+            f"last {_when(last.at, now)}: {last.reason} ({last.detail[:200]}). To do: {advice}",
+        )  # fmt: skip
+    oldest = stats.oldest_age_s or 0.0
+    if stats.messages and oldest > STUCK_S:
+        return Finding(
+            Verdict.WARN, "delivery",
+            f"{waiting}, the oldest for {oldest / 3600:.1f} h; {stored}. Check the broker "
+            "check above and the agent's log (journalctl -u school-agent)",
+        )  # fmt: skip
+    return Finding(Verdict.PASS, "delivery", f"{waiting}; {stored}")
+
+
+def _when(moment: float, now: float) -> str:
+    at = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    ago = max(0.0, now - moment)
+    if ago < 120:
+        return f"at {at} ({ago:.0f} s ago)"
+    if ago < 2 * 3600:
+        return f"at {at} ({ago / 60:.0f} min ago)"
+    return f"at {at} ({ago / 3600:.1f} h ago)"
 
 
 def _disk(settings: AgentSettings) -> Finding:

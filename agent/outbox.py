@@ -1,20 +1,23 @@
-"""Messages on disk until the broker acknowledged them: the agent's durable outbox.
+"""Messages on disk until they are stored centrally: the agent's durable outbox.
 
 SQLite in WAL mode with ``synchronous=FULL``: a message is on disk when
-:meth:`Outbox.put` returns, and survives kill -9 and power loss. It leaves only
-through :meth:`Outbox.remove`, once the broker acknowledged it (QoS 1). The
-outbox is bounded by size and age; when full, the oldest messages go first,
-and every drop is counted (the count survives restarts and is reported in the
-agent status).
+:meth:`Outbox.put` returns, and survives kill -9 and power loss. A message
+waits for the broker's PUBACK, then (when the collectors send receipts) for
+the collector's receipt that InfluxDB stored it, or refused it; only then does
+it leave. One the broker acknowledged but no receipt named is sent again
+(:meth:`Outbox.take_overdue`). The outbox is bounded by size and age; when
+full, the oldest messages go first, and every drop is counted (the count
+survives restarts and is reported in the agent status).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MB = 1_000_000
@@ -30,7 +33,21 @@ CREATE TABLE IF NOT EXISTS outbox (
     stored_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS facts (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Columns added since the first outbox; an older file gains them when opened.
+_ADDED = {
+    "message_id": "TEXT",
+    "acked_at": "REAL",  # the broker's PUBACK (NULL: waiting for the broker)
+    "resends": "INTEGER NOT NULL DEFAULT 0",  # sent again for want of a receipt
+}
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox (message_id);
+CREATE INDEX IF NOT EXISTS outbox_acked_at ON outbox (acked_at);
+"""
+# The longest an unconfirmed message waits before it is sent again, however often it was.
+MAX_RESEND_WAIT_S = 86_400.0
+_BACKOFF_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,39 @@ class OutboxStats:
     bytes: int
     oldest_age_s: float | None
     dropped: int
+    awaiting_broker: int = 0
+    awaiting_receipt: int = 0
+
+
+@dataclass(frozen=True)
+class LastRefusal:
+    reason: str
+    detail: str
+    message_id: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What receipts said, kept on disk for the status and ``doctor``."""
+
+    refused: dict[str, int] = field(default_factory=dict)
+    last_refusal: LastRefusal | None = None
+    last_stored_at: float | None = None
+    confirmed: int = 0
+    receipts: bool = False  # the collectors announced receipts (as last heard)
+
+    @property
+    def refused_total(self) -> int:
+        return sum(self.refused.values())
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """What one receipt removed: how many, and the newest PUBACK time among them."""
+
+    removed: int
+    latest_acked_at: float | None
 
 
 class Outbox:
@@ -72,15 +122,38 @@ class Outbox:
         # A queue read from its head: a small page cache does (SQLite's default is 2 MB).
         self._db.execute("PRAGMA cache_size=-256")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         row = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
         self._count, self._bytes = row.fetchone()
 
-    def put(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
-        """Store one message (on disk when this returns); return its id, in FIFO order."""
+    def _migrate(self) -> None:
+        """Give an outbox written by an older agent the columns it lacks."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for name, kind in _ADDED.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
+        if "message_id" not in have:
+            self._db.execute(
+                "UPDATE outbox SET message_id = "
+                "json_extract(CAST(payload AS TEXT), '$.message_id') "
+                "WHERE message_id IS NULL AND json_valid(CAST(payload AS TEXT))"
+            )
+        self._db.executescript(_INDEXES)
+
+    def put(
+        self, topic: str, payload: bytes, *, retain: bool = False, message_id: str | None = None
+    ) -> int:
+        """Store one message (on disk when this returns); return its id, in FIFO order.
+
+        ``message_id`` is what receipts name it by; by default, the payload's own.
+        """
+        if message_id is None:
+            message_id = _message_id_of(payload)
         with self._lock, self._transaction():
             cursor = self._db.execute(
-                "INSERT INTO outbox (topic, payload, retain, stored_at) VALUES (?, ?, ?, ?)",
-                (topic, payload, int(retain), self._clock()),
+                "INSERT INTO outbox (topic, payload, retain, stored_at, message_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (topic, payload, int(retain), self._clock(), message_id),
             )
             self._count += 1
             self._bytes += len(payload)
@@ -88,11 +161,11 @@ class Outbox:
             return int(cursor.lastrowid or 0)
 
     def after(self, last_id: int, limit: int) -> list[Stored]:
-        """Up to ``limit`` messages with an id above ``last_id``, oldest first."""
+        """Up to ``limit`` messages waiting for the broker with an id above ``last_id``."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, topic, payload, retain, stored_at FROM outbox "
-                "WHERE id > ? ORDER BY id LIMIT ?",
+                "WHERE id > ? AND acked_at IS NULL ORDER BY id LIMIT ?",
                 (last_id, limit),
             ).fetchall()
         return [Stored(r[0], r[1], bytes(r[2]), bool(r[3]), r[4]) for r in rows]
@@ -135,15 +208,137 @@ class Outbox:
             row = self._db.execute("SELECT 1 FROM outbox WHERE id = ?", (message_id,)).fetchone()
         return row is not None
 
+    def awaits_broker(self, message_id: int) -> bool:
+        """Whether outbox id ``message_id`` is stored and not yet acknowledged by the broker."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM outbox WHERE id = ? AND acked_at IS NULL", (message_id,)
+            ).fetchone()
+        return row is not None
+
+    # -- receipts ------------------------------------------------------------
+
+    def acked(self, ids: Iterable[int]) -> None:
+        """The broker acknowledged these: they now wait for a receipt."""
+        with self._lock, self._transaction():
+            now = self._clock()
+            self._db.executemany(
+                "UPDATE outbox SET acked_at = ? WHERE id = ? AND acked_at IS NULL",
+                [(now, message_id) for message_id in ids],
+            )
+
+    def confirm(self, message_ids: Iterable[str], stored_at: float) -> Confirmed:
+        """A receipt says InfluxDB stored these messages (at ``stored_at``): forget them."""
+        removed, latest = 0, None
+        with self._lock, self._transaction():
+            for message_id in message_ids:
+                for size, acked_at in self._db.execute(
+                    "DELETE FROM outbox WHERE message_id = ? RETURNING length(payload), acked_at",
+                    (message_id,),
+                ).fetchall():
+                    removed += 1
+                    self._count -= 1
+                    self._bytes -= size
+                    if acked_at is not None and (latest is None or acked_at > latest):
+                        latest = acked_at
+            if removed:
+                self._add_counter("confirmed", removed)
+            self._set_fact("last_stored_at", str(stored_at))
+        return Confirmed(removed, latest)
+
+    def refuse(self, refusals: Iterable[tuple[str | None, str, str]]) -> int:
+        """A receipt says these ``(message_id, reason, detail)`` will never be stored.
+
+        Each is counted by reason and the last is kept for ``doctor``; the
+        messages named leave the outbox. Return how many left.
+        """
+        removed = 0
+        with self._lock, self._transaction():
+            for message_id, reason, detail in refusals:
+                self._add_counter(f"refused:{reason}", 1)
+                last = {"reason": reason, "detail": detail, "message_id": message_id}
+                self._set_fact("last_refusal", json.dumps(last | {"at": self._clock()}))
+                if message_id is None:
+                    continue
+                for (size,) in self._db.execute(
+                    "DELETE FROM outbox WHERE message_id = ? RETURNING length(payload)",
+                    (message_id,),
+                ).fetchall():
+                    removed += 1
+                    self._count -= 1
+                    self._bytes -= size
+        return removed
+
+    def release_acked(self) -> int:
+        """Receipts are off: what the broker acknowledged is done with; return how many."""
+        with self._lock, self._transaction():
+            rows = self._db.execute(
+                "DELETE FROM outbox WHERE acked_at IS NOT NULL RETURNING length(payload)"
+            ).fetchall()
+            self._count -= len(rows)
+            self._bytes -= sum(size for (size,) in rows)
+        return len(rows)
+
+    def take_overdue(
+        self, *, grace_s: float, timeout_s: float, confirmed_after: float | None, limit: int
+    ) -> list[Stored]:
+        """Messages the broker acknowledged that should have had a receipt by now.
+
+        One is overdue when a message acknowledged after it was confirmed
+        (``confirmed_after`` is the newest such PUBACK time) and it has waited
+        ``grace_s``, or when it has waited ``timeout_s`` regardless. Both waits
+        double with each resend (up to a day). The messages returned wait for
+        the broker again.
+        """
+        now = self._clock()
+        backoff = f"(1 << min(resends, {_BACKOFF_STEPS}))"
+        with self._lock, self._transaction():
+            rows = self._db.execute(
+                "SELECT id, topic, payload, retain, stored_at FROM outbox "  # noqa: S608
+                "WHERE acked_at IS NOT NULL AND ("
+                f"  (acked_at < ? AND acked_at + min(? * {backoff}, ?) <= ?)"
+                f"  OR acked_at + min(? * {backoff}, ?) <= ?"
+                ") ORDER BY id LIMIT ?",
+                (
+                    confirmed_after if confirmed_after is not None else -1.0,
+                    grace_s, MAX_RESEND_WAIT_S, now,
+                    timeout_s, MAX_RESEND_WAIT_S, now,
+                    limit,
+                ),
+            ).fetchall()  # fmt: skip
+            self._db.executemany(
+                "UPDATE outbox SET acked_at = NULL, resends = resends + 1 WHERE id = ?",
+                [(row[0],) for row in rows],
+            )
+        return [Stored(r[0], r[1], bytes(r[2]), bool(r[3]), r[4]) for r in rows]
+
+    def delivery(self) -> Delivery:
+        """Refusals by reason, the last refusal, and when a receipt last confirmed a store."""
+        with self._lock:
+            return _delivery(self._db)
+
+    def fact(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM facts WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_fact(self, name: str, value: str) -> None:
+        with self._lock, self._transaction():
+            self._set_fact(name, value)
+
     def stats(self) -> OutboxStats:
         with self._lock:
-            oldest = self._db.execute("SELECT min(stored_at) FROM outbox").fetchone()[0]
+            oldest, acked = self._db.execute(
+                "SELECT min(stored_at), count(acked_at) FROM outbox"
+            ).fetchone()
             dropped = self._dropped()
             return OutboxStats(
                 messages=self._count,
                 bytes=self._bytes,
                 oldest_age_s=None if oldest is None else max(0.0, self._clock() - oldest),
                 dropped=dropped,
+                awaiting_broker=self._count - acked,
+                awaiting_receipt=acked,
             )
 
     def close(self) -> None:
@@ -171,11 +366,21 @@ class Outbox:
             self._bytes -= row[0]
         if dropped:
             self._count -= dropped
-            self._db.execute(
-                "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                (dropped,),
-            )
+            self._add_counter("dropped", dropped)
+
+    def _add_counter(self, name: str, amount: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, amount),
+        )
+
+    def _set_fact(self, name: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO facts (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
 
     def _dropped(self) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
@@ -183,6 +388,56 @@ class Outbox:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def _message_id_of(payload: bytes) -> str | None:
+    try:
+        found = json.loads(payload).get("message_id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
+def _delivery(db: sqlite3.Connection) -> Delivery:
+    rows = db.execute("SELECT name, value FROM counters WHERE name LIKE 'refused:%'")
+    refused = {name.removeprefix("refused:"): int(value) for name, value in rows}
+    confirmed = db.execute("SELECT value FROM counters WHERE name = 'confirmed'").fetchone()
+    facts = dict(db.execute("SELECT name, value FROM facts").fetchall())
+    last = None
+    if "last_refusal" in facts:
+        data = json.loads(facts["last_refusal"])
+        last = LastRefusal(data["reason"], data["detail"], data["message_id"], data["at"])
+    stored = facts.get("last_stored_at")
+    return Delivery(
+        refused=refused,
+        last_refusal=last,
+        last_stored_at=float(stored) if stored is not None else None,
+        confirmed=int(confirmed[0]) if confirmed else 0,
+        receipts=facts.get("receipts") == "on",
+    )
+
+
+def read_delivery(path: Path) -> tuple[OutboxStats, Delivery]:
+    """What the agent's outbox at ``path`` says, read without writing to it (for ``doctor``,
+    beside a running agent, perhaps as another user). Raises :class:`sqlite3.Error`."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        count, size, oldest, acked = db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0), min(stored_at), count(acked_at) "
+            "FROM outbox"
+        ).fetchone()
+        dropped = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+        stats = OutboxStats(
+            messages=count,
+            bytes=size,
+            oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+            dropped=int(dropped[0]) if dropped else 0,
+            awaiting_broker=count - acked,
+            awaiting_receipt=acked,
+        )
+        return stats, _delivery(db)
+    finally:
+        db.close()
 
 
 class _Transaction:

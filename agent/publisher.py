@@ -4,41 +4,69 @@
 and returns; a pump thread sends what the outbox holds, oldest first, at most
 ``max_in_flight`` unacknowledged at a time and at most ``replay_rate_per_s``
 per second after a short burst (so a backlog after a long outage does not flood
-the broker). The broker's PUBACK removes a message from the outbox. After a
-restart, whatever was not acknowledged is sent again with its original
-``message_id`` and ``measured_at``; the collector turns a repeat into the same
-point, so nothing is lost and nothing is counted twice.
+the broker).
+
+A broker's PUBACK is not the end: Mosquitto writes its queues to disk only
+every ``autosave_interval``, so a crash loses what it acknowledged since. When
+the collectors announce receipts (a retained :class:`~agent.contract.Capabilities`
+message), a message stays in the outbox after its PUBACK until the collector's
+:class:`~agent.contract.Receipt` says InfluxDB stored it, or refused it. The
+receipts come on the school's own topic, on a persistent session, so those
+sent while the agent was away arrive when it returns. A message acknowledged
+but never named by a receipt is sent again (``outbox.receipt_grace_s``,
+``outbox.receipt_timeout_s``). Whatever is sent twice keeps its ``message_id``
+and ``measured_at``; the collector turns a repeat into the same point, so
+nothing is lost and nothing is counted twice. Without the announcement the
+PUBACK removes the message, as before receipts existed.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import ValidationError
 
 from agent.broker import BrokerError, ConnectionWatch, connect, new_client
 from agent.contract import (
     AgentState,
     AgentStatus,
+    Capabilities,
     Envelope,
     HeartbeatCounts,
     HostHealth,
     OutboxCounts,
+    Receipt,
+    RejectionCounts,
+    RejectReason,
     StatusReason,
     TopicKind,
+    receipts_topic,
     topic_for,
     utc_now,
 )
 from agent.outbox import Outbox
+from agent.refusals import DEFAULT_ADVICE, REFUSAL_ADVICE
 from agent.settings import AgentMqttSettings, OutboxSettings
 
 log = logging.getLogger(__name__)
+
+_REASON = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+# How often the outbox is searched for messages whose receipt is overdue.
+OVERDUE_CHECK_S = 5.0
+# A refusal reason is logged at most this often (each is counted every time).
+REFUSAL_LOG_INTERVAL_S = 3600.0
 
 
 class _Bucket:
@@ -82,9 +110,13 @@ class Publisher:
         self._agent_id = agent_id
         self._boot_id = boot_id
         self._version = version
-        self._client, self.address = new_client(f"agent-{school_id}-{agent_id[:12]}", settings)
-        self._watch = ConnectionWatch(self._client, self.address)
+        self._client, self.address = new_client(
+            f"agent-{school_id}-{agent_id[:12]}", settings, manual_ack=True
+        )
+        self._watch = ConnectionWatch(self._client, self.address, on_connected=self._subscribe)
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         will = self.status(AgentState.OFFLINE, StatusReason.CONNECTION_LOST)
         self._client.will_set(
             self._topic(TopicKind.AGENT), will.model_dump_json(), qos=1, retain=True
@@ -97,14 +129,37 @@ class Publisher:
         self._refusals: list[str] = []
         self._closing = threading.Event()
         self._pump_thread = threading.Thread(target=self._pump, name="mqtt-pump", daemon=True)
+        # Receipts: on when set so, or (auto) as the collectors last announced.
+        remembered = outbox.fact("receipts") if settings.receipts == "auto" else None
+        self._receipts = settings.receipts == "on" or remembered == "on"
+        if not self._receipts:
+            outbox.release_acked()  # kept by an earlier run that waited for receipts
+        self._receipts_refused = False  # the broker refused this school's receipts topic
+        self._confirmed_after: float | None = None  # newest PUBACK time a receipt confirmed
+        self._refusal_logged: dict[str, float] = {}
 
     @property
     def connected(self) -> bool:
         return self._watch.connected
 
+    @property
+    def receipts(self) -> bool:
+        """Whether messages wait for the collector's receipt (not only the broker's PUBACK)."""
+        return self._receipts
+
+    def _connect_options(self) -> dict[str, Any]:
+        """A persistent session: receipts sent while the agent is away wait for it."""
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._settings.session_expiry_s
+        return {
+            "keepalive": self._settings.keepalive_s,
+            "clean_start": False,
+            "properties": properties,
+        }
+
     def connect(self) -> None:
         """Connect now and wait for the broker's answer; raise :class:`BrokerError` if refused."""
-        connect(self._client, self.address, keepalive=self._settings.keepalive_s)
+        connect(self._client, self.address, **self._connect_options())
         self._client.loop_start()
         try:
             self._watch.wait(self._settings.connect_timeout_s)
@@ -115,9 +170,7 @@ class Publisher:
 
     def start(self) -> None:
         """Connect in the background, retrying until the broker answers (the daemon's way)."""
-        self._client.connect_async(
-            self.address.host, self.address.port, keepalive=self._settings.keepalive_s
-        )
+        self._client.connect_async(self.address.host, self.address.port, **self._connect_options())
         self._client.loop_start()
         self._pump_thread.start()
 
@@ -132,7 +185,7 @@ class Publisher:
         data_budget_month_bytes: int | None = None,
         heartbeats: HeartbeatCounts | None = None,
     ) -> AgentStatus:
-        outbox = None
+        outbox = rejections = last_stored = None
         if state is AgentState.ONLINE:
             stats = self.outbox.stats()
             outbox = OutboxCounts(
@@ -140,7 +193,19 @@ class Publisher:
                 bytes=stats.bytes,
                 oldest_age_s=round(stats.oldest_age_s or 0.0, 3),
                 dropped=stats.dropped,
+                awaiting_broker=stats.awaiting_broker,
+                awaiting_receipt=stats.awaiting_receipt,
             )
+            delivery = self.outbox.delivery()
+            last = delivery.last_refusal
+            rejections = RejectionCounts(
+                total=delivery.refused_total,
+                by_reason=dict(sorted(delivery.refused.items())[:40]),
+                last_reason=last.reason if last and _REASON.match(last.reason) else None,
+                last_at=datetime.fromtimestamp(last.at, UTC) if last else None,
+            )
+            if delivery.last_stored_at is not None:
+                last_stored = datetime.fromtimestamp(delivery.last_stored_at, UTC)
         return AgentStatus(
             school_id=self._school_id,
             agent_id=self._agent_id,
@@ -154,6 +219,8 @@ class Publisher:
             data_budget_month_bytes=data_budget_month_bytes,
             heartbeats=heartbeats,
             outbox=outbox,
+            rejections=rejections,
+            last_stored_at=last_stored,
         )
 
     def publish(self, message: Envelope, kind: TopicKind) -> int:
@@ -162,6 +229,7 @@ class Publisher:
             self._topic(kind),
             message.model_dump_json().encode(),
             retain=kind is TopicKind.AGENT,
+            message_id=message.message_id,
         )
         log.debug("stored %s message %s (outbox %d)", kind.value, message.message_id, stored)
         with self._changed:
@@ -181,7 +249,7 @@ class Publisher:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                wanted = {i for i in wanted if self.outbox.contains(i)}
+                wanted = {i for i in wanted if self.outbox.awaits_broker(i)}
                 left = deadline - time.monotonic()
                 if not wanted or left <= 0:
                     break
@@ -198,6 +266,20 @@ class Publisher:
                 f"within {timeout:.0f} s; they stay in the outbox ({self.outbox.path}) and are "
                 "sent on the next run"
             )
+
+    def wait_stored(self, ids: Iterable[int], timeout: float) -> int:
+        """Wait up to ``timeout`` for receipts naming every outbox id; return how many still
+        wait (0 at once when receipts are off: the PUBACK was the last word)."""
+        wanted = set(ids)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._receipts:
+                wanted = {i for i in wanted if self.outbox.contains(i)}
+                left = deadline - time.monotonic()
+                if not wanted or left <= 0:
+                    return len(wanted)
+                self._changed.wait(min(left, 0.5))
+        return 0
 
     def close(self, final_status: AgentStatus | None = None) -> None:
         """Publish ``final_status`` after everything before it (up to ``ack_timeout_s``),
@@ -220,12 +302,16 @@ class Publisher:
 
     def _pump(self) -> None:
         bucket = _Bucket(self._plan.replay_rate_per_s, self._plan.max_in_flight)
+        next_overdue = time.monotonic()
         while not self._closing.is_set():
             with self._changed:
                 self._changed.wait(0.5)
             try:
                 if self.connected:
                     self._resend_stale()
+                    if self._receipts and time.monotonic() >= next_overdue:
+                        self._resend_unconfirmed()
+                        next_overdue = time.monotonic() + OVERDUE_CHECK_S
                     self._send_next(bucket)
             except Exception:  # a bug must not stop delivery for good
                 log.exception("sending from the outbox failed; trying again")
@@ -269,6 +355,135 @@ class Publisher:
         for message in self.outbox.get(stale.values()):
             self._send(message.id, message.topic, message.payload, message.retain)
 
+    def _resend_unconfirmed(self) -> None:
+        """Send again what the broker acknowledged but no receipt named in time."""
+        with self._changed:
+            room = self._plan.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            return
+        overdue = self.outbox.take_overdue(
+            grace_s=self._plan.receipt_grace_s,
+            timeout_s=self._plan.receipt_timeout_s,
+            confirmed_after=self._confirmed_after,
+            limit=room,
+        )
+        if overdue:
+            log.info(
+                "no receipt from the collector for %d message(s) the broker acknowledged; "
+                "sending them again (the broker may have lost them)",
+                len(overdue),
+            )
+        for message in overdue:
+            self._send(message.id, message.topic, message.payload, message.retain)
+
+    # -- receipts and announcements (paho's network thread) ------------------
+
+    def _subscribe(self, client: paho.Client, _session_present: bool) -> None:
+        """On every connection: this school's receipts and the collectors' announcement.
+
+        Both before anything is published on it, so the broker answers in that
+        order: the retained announcement arrives before the first PUBACK.
+        """
+        options = SubscribeOptions(qos=1)
+        client.subscribe(
+            [
+                (receipts_topic(self._settings.topic_root, self._school_id), options),
+                (self._settings.capabilities_topic, options),
+            ]
+        )
+
+    def _on_subscribe(
+        self, _c: paho.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any
+    ) -> None:
+        if reasons and reasons[0].is_failure:
+            log.warning(
+                "the broker refused the subscription to this school's receipts (%s); "
+                "messages leave the outbox at the broker's acknowledgement. Ask the ministry "
+                "to install the ACL of a newer `school-collector provision`",
+                reasons[0],
+            )
+            self._receipts_refused = True
+            self._announced(receipts=False)
+
+    def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        try:
+            if message.topic == self._settings.capabilities_topic:
+                self._on_capabilities(bytes(message.payload))
+            elif message.topic == receipts_topic(self._settings.topic_root, self._school_id):
+                self._on_receipt(bytes(message.payload))
+        except (ValidationError, ValueError) as exc:
+            log.warning("ignored a malformed message on %s: %s", message.topic, exc)
+        except Exception:  # the receipt is acked below anyway; a bug must not stop the loop
+            log.exception("could not handle a message on %s", message.topic)
+        finally:
+            client.ack(message.mid, message.qos)
+
+    def _on_capabilities(self, payload: bytes) -> None:
+        if not payload:  # an announcement cleared by hand: silence changes nothing
+            return
+        capabilities = Capabilities.model_validate_json(payload)
+        self._announced(receipts=capabilities.receipts and not self._receipts_refused)
+
+    def _announced(self, *, receipts: bool) -> None:
+        """What the collectors said about receipts. Only an announcement changes the mode,
+        never its absence: a broker that crashed may have lost the retained message."""
+        with self._changed:
+            if self._settings.receipts != "auto" or receipts == self._receipts:
+                return
+            self._receipts = receipts
+        self.outbox.set_fact("receipts", "on" if receipts else "off")
+        if receipts:
+            log.info("the collectors send receipts: messages now stay until InfluxDB has them")
+        else:
+            released = self.outbox.release_acked()
+            log.info(
+                "the collectors send no receipts: the broker's acknowledgement is the last word "
+                "(%d message(s) waiting for a receipt released)",
+                released,
+            )
+        with self._changed:
+            self._changed.notify_all()
+
+    def _on_receipt(self, payload: bytes) -> None:
+        receipt = Receipt.model_validate_json(payload)
+        if receipt.school_id != self._school_id:
+            raise ValueError(f"a receipt for school {receipt.school_id!r}, not this one")
+        confirmed = self.outbox.confirm(receipt.stored, receipt.stored_at.timestamp())
+        final = [r for r in receipt.refused if r.reason != RejectReason.RATE_LIMITED.value]
+        if final:
+            self.outbox.refuse((r.message_id, r.reason, r.detail) for r in final)
+        for refusal in receipt.refused:
+            self._log_refusal(refusal.reason, refusal.detail)
+        with self._changed:
+            latest = confirmed.latest_acked_at
+            if latest is not None and (self._confirmed_after or 0) < latest:
+                self._confirmed_after = latest
+            self._changed.notify_all()
+        log.debug(
+            "receipt from %s: %d stored (%d were waiting here), %d refused",
+            receipt.collector_id,
+            len(receipt.stored),
+            confirmed.removed,
+            len(receipt.refused),
+        )
+
+    def _log_refusal(self, reason: str, detail: str) -> None:
+        """Each reason at most once an hour (every refusal is counted regardless)."""
+        now = time.monotonic()
+        last = self._refusal_logged.get(reason)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
+            return
+        self._refusal_logged[reason] = now
+        log.error(
+            "the collector refused a message: %s (%s); %s. Counted in the agent status; "
+            "`school-agent doctor` shows the last one (logged at most once an hour per reason)",
+            reason,
+            detail[:200],
+            REFUSAL_ADVICE.get(reason, DEFAULT_ADVICE),
+        )
+
+    # -- PUBACKs ---------------------------------------------------------------
+
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
         now = time.monotonic()
         with self._changed:
@@ -285,9 +500,13 @@ class Publisher:
         if reason.is_failure:
             self._refusals.append(str(reason))
             log.error("broker refused message %d: %s; dropping it", outbox_id, reason)
+            self.outbox.remove([outbox_id])
         else:
             self._acked += 1
-        self.outbox.remove([outbox_id])
+            if self._receipts:
+                self.outbox.acked([outbox_id])  # now it waits for the collector's receipt
+            else:
+                self.outbox.remove([outbox_id])
         self._changed.notify_all()
 
     def _topic(self, kind: TopicKind) -> str:

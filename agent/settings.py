@@ -19,7 +19,7 @@ from pydantic_settings import SettingsConfigDict
 
 from agent.broker import BrokerSettings
 from agent.config_file import FileSettings, require
-from agent.contract import DEFAULT_TOPIC_ROOT, AgentId, SchoolId
+from agent.contract import DEFAULT_CAPABILITIES_TOPIC, DEFAULT_TOPIC_ROOT, AgentId, SchoolId
 from agent.devices.inventory import DeviceConfig, parse_devices, split_address
 from agent.schedule import Window
 
@@ -46,6 +46,12 @@ TopicRoot = Annotated[str, AfterValidator(check_topic_root)]
 class AgentMqttSettings(BrokerSettings):
     topic_root: TopicRoot = DEFAULT_TOPIC_ROOT
     ack_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Receipts: "auto" follows the collectors' retained announcement on
+    # capabilities_topic; "on" always waits for a receipt; "off" trusts the PUBACK.
+    receipts: Literal["auto", "on", "off"] = "auto"
+    capabilities_topic: str = DEFAULT_CAPABILITIES_TOPIC
+    # How long the broker keeps this agent's session (its receipts) while it is away.
+    session_expiry_s: int = Field(default=7 * 86_400, ge=0, le=2**32 - 1)
     # The account `doctor` connects with (same password): the broker binds each
     # account to one session, so the doctor must not use the agent's own.
     doctor_username: str | None = None
@@ -166,6 +172,11 @@ class OutboxSettings(BaseModel):
     replay_rate_per_s: float = Field(default=5.0, gt=0, le=10_000)
     max_in_flight: int = Field(default=20, ge=1, le=1000)
     resend_after_s: float = Field(default=60.0, ge=1, le=86_400)
+    # A message the broker acknowledged but no receipt named is sent again once a
+    # later one was confirmed and it waited receipt_grace_s, or after
+    # receipt_timeout_s regardless; both double with each resend, up to a day.
+    receipt_grace_s: float = Field(default=120.0, ge=1, le=86_400)
+    receipt_timeout_s: float = Field(default=3600.0, ge=1, le=86_400)
 
 
 class HeartbeatSettings(BaseModel):

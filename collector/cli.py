@@ -203,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="school-monitor/dead-letter",
         help="the collectors' mqtt.dead_letter_topic, for the ACL (default: %(default)s)",
     )
+    provision.add_argument(
+        "--capabilities-topic",
+        default="school-monitor/capabilities",
+        help="the collectors' and agents' mqtt.capabilities_topic, where the collectors "
+        "announce receipts, for the ACL (default: %(default)s)",
+    )
     routing = commands.add_parser(
         "alert-routing",
         help="write Grafana's contact points and notification policy from a teams file",
@@ -447,7 +453,7 @@ def _provision(args: argparse.Namespace) -> int:
             bundle_ca_path=args.bundle_ca_path,
             rotate=frozenset(args.rotate),
             collectors=tuple(args.collector) or (COLLECTOR_USER,),
-            topics=Topics(args.topic_root, args.dead_letter_topic),
+            topics=Topics(args.topic_root, args.dead_letter_topic, args.capabilities_topic),
         )
     except (RegistryError, ValueError, OSError) as exc:
         print(f"school-collector: {exc}", file=sys.stderr)

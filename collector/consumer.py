@@ -5,6 +5,9 @@ MQTT 5 session expiry), so messages that arrive while the collector is down,
 or that it received but had not yet stored, are delivered again when it
 returns. The receive maximum bounds how many unacknowledged messages the
 broker sends at once: that is the collector's in-flight window.
+
+It subscribes to each kind of every school's topics, never to the receipts it
+publishes back to the schools, and announces (retained) whether it sends them.
 """
 
 from __future__ import annotations
@@ -21,13 +24,22 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.broker import AckLedger, ConnectionWatch, new_client
-from agent.contract import DeadLetter, subscription_for
+from agent.contract import (
+    Capabilities,
+    DeadLetter,
+    subscription_for,
+    subscriptions_for,
+    utc_now,
+)
 from collector.pipeline import Incoming
 from collector.settings import CollectorMqttSettings
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_ACK_TIMEOUT_S = 10.0
+# QoS 1 messages paho keeps unacknowledged before it queues the rest in memory:
+# receipts are not waited for, and a drain publishes hundreds a second.
+MAX_INFLIGHT = 1000
 
 
 class Consumer:
@@ -45,6 +57,7 @@ class Consumer:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._chain_disconnect(self._client.on_disconnect)
+        self._client.max_inflight_messages_set(MAX_INFLIGHT)
 
     @property
     def connected(self) -> bool:
@@ -101,6 +114,11 @@ class Consumer:
             return False
         return True
 
+    def receipt(self, topic: str, payload: bytes) -> None:
+        """Publish a receipt with QoS 1, without waiting: a lost one is made good by the
+        agent, which sends the message again and gets a receipt for the repeat."""
+        self._client.publish(topic, payload, qos=1)
+
     # -- paho callbacks (network thread) ----------------------------------
 
     def _subscribe(self, client: paho.Client, _session_present: bool) -> None:
@@ -109,20 +127,38 @@ class Consumer:
         # retainHandling=1: retained statuses only when the subscription is new,
         # not again on every reconnect of a persistent session.
         options = SubscribeOptions(qos=1, retainHandling=1)
-        client.subscribe(self._subscription(), options=options)
+        client.subscribe([(topic, options) for topic in self._subscriptions()])
+        # A session from before receipts holds the one wildcard, which would also
+        # match the receipts; a subscription the session lacks is no error.
+        client.unsubscribe(self._share(subscription_for(self._settings.topic_root)))
+        self._announce(client)
+
+    def _announce(self, client: paho.Client) -> None:
+        """Retained, so every agent learns on subscribing whether receipts will come."""
+        capabilities = Capabilities(
+            collector_id=self._settings.client_id,
+            receipts=self._settings.receipts,
+            announced_at=utc_now(),
+        )
+        client.publish(
+            self._settings.capabilities_topic, capabilities.model_dump_json(), qos=1, retain=True
+        )
 
     def _on_subscribe(
         self, _c: paho.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any
     ) -> None:
-        topic = self._subscription()
-        if any(reason.is_failure for reason in reasons):
-            log.error("broker refused the subscription to %s: %s", topic, reasons[0])
+        topics = ", ".join(self._subscriptions())
+        refused = [reason for reason in reasons if reason.is_failure]
+        if refused:
+            log.error("broker refused the subscription to %s: %s", topics, refused[0])
         else:
-            log.info("subscribed to %s with QoS %s", topic, reasons[0].value)
+            log.info("subscribed to %s with QoS %s", topics, reasons[0].value)
 
-    def _subscription(self) -> str:
-        """Every school's topics; with ``share_group``, shared among the group's collectors."""
-        topics = subscription_for(self._settings.topic_root)
+    def _subscriptions(self) -> list[str]:
+        """Each kind of every school; with ``share_group``, shared among the group."""
+        return [self._share(topics) for topics in subscriptions_for(self._settings.topic_root)]
+
+    def _share(self, topics: str) -> str:
         group = self._settings.share_group
         return f"$share/{group}/{topics}" if group else topics
 

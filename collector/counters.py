@@ -68,6 +68,7 @@ class Counters:
     write_retries: int = 0
     device_report_gaps: int = 0
     agent_restarts: int = 0
+    receipts: int = 0
     rejected: Counter[RejectReason] = field(default_factory=Counter)
     _over_budget: Counter[str] = field(default_factory=Counter, repr=False)
     lag: LagMeter = field(default_factory=LagMeter, repr=False)
@@ -110,6 +111,7 @@ class Counters:
                 "write_retries": self.write_retries,
                 "device_report_gaps": self.device_report_gaps,
                 "agent_restarts": self.agent_restarts,
+                "receipts": self.receipts,
             }
             by_reason = sorted(self.rejected.items())
             lag = self.lag.take()

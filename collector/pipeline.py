@@ -1,7 +1,8 @@
 """Batches received messages into InfluxDB and acknowledges each only once it is stored.
 
 One thread runs :meth:`Pipeline.run`. For each batch it decodes every message,
-writes the points, sends rejects to the dead-letter topic, and only then
+writes the points, sends rejects to the dead-letter topic, publishes each
+school a receipt naming its messages stored and refused, and only then
 acknowledges the MQTT messages. While InfluxDB is unavailable the batch is
 retried with growing, jittered delays and nothing is acknowledged, so the
 broker stops sending once the collector's receive window is full.
@@ -10,17 +11,28 @@ broker stops sending once the collector's receive window is full.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import queue
 import random
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from agent.contract import AgentStatus, DeadLetter, DevicesReport, RejectReason, StatusReason
+from agent.contract import (
+    RECEIPT_MAX_IDS,
+    AgentStatus,
+    DeadLetter,
+    DevicesReport,
+    RejectReason,
+    StatusReason,
+    is_valid_id,
+    receipts_topic,
+)
 from collector.counters import Counters, over_budget_lines
 from collector.current_state import LateMarks
 from collector.device_book import DeviceBook, Numbering
@@ -53,12 +65,16 @@ class Outlet(Protocol):
     def is_current(self, item: Incoming) -> bool: ...
     def ack(self, item: Incoming) -> None: ...
     def dead_letter(self, letters: list[DeadLetter]) -> bool: ...
+    def receipt(self, topic: str, payload: bytes) -> None: ...
 
 
 MARK = -1  # the item index of a line that belongs to no message (a stored_late marker)
 # Messages waiting in the hand-over queue after a batch that say a backlog is being
 # drained. The national load (about 50 a second) leaves a few at most.
 BACKLOG_WAITING = 1000
+# A receipt's entries take at most this many bytes: half the shipped broker's packet limit.
+RECEIPT_MAX_BYTES = 32 * 1024
+_MESSAGE_ID = re.compile(r'"message_id"\s*:\s*"([0-9a-f]{32})"')
 
 
 @dataclass
@@ -68,6 +84,7 @@ class _Batch:
     rejects: dict[int, Rejection]
     measured: dict[int, tuple[int, str]]  # index -> the message's measured_at (ns), school
     over_budget: dict[str, list[int]]  # school -> its rate-limited items: one letter each
+    ids: dict[int, tuple[str, str | None]]  # index -> (school, message_id) for its receipt
 
 
 def _hand_over(
@@ -234,7 +251,7 @@ class Pipeline:
 
     def _collect(self, outlet: Outlet) -> _Batch:
         """Up to ``batch.max_points`` lines, within ``batch.max_wait_s`` of the first."""
-        batch = _Batch([], [], {}, {}, {})
+        batch = _Batch([], [], {}, {}, {}, {})
         limits = self._settings.batch
         deadline: float | None = None
         while len(batch.lines) < limits.max_points and not self._stopping.is_set():
@@ -269,6 +286,14 @@ class Pipeline:
         )
         measured = None if isinstance(decoded, Rejection) else decoded.message.measured_at
         school = school_of(item.topic)
+        if is_valid_id(school) and item.topic.startswith(mqtt.topic_root + "/"):
+            # The ACL lets only this school publish here: its receipt goes back to it.
+            message_id = (
+                _message_id_in(item.payload)
+                if isinstance(decoded, Rejection)
+                else decoded.message.message_id
+            )
+            batch.ids[index] = (school, message_id)
         if not self._budget.allow(
             school, item.arrived_ns / 1e9, measured.timestamp() if measured else None
         ):
@@ -317,6 +342,8 @@ class Pipeline:
                 self._count_rejections(batch)
             else:
                 unacked = set(batch.rejects)  # they come again, and are dead-lettered then
+        if self._settings.mqtt.receipts:
+            self._send_receipts(batch, outlet, unacked)
         for index, item in enumerate(batch.items):
             if index not in unacked:
                 outlet.ack(item)
@@ -330,6 +357,32 @@ class Pipeline:
         self.counters.add(
             batches=1, stored=len(batch.items) - len(batch.rejects), points_written=written
         )
+
+    def _send_receipts(self, batch: _Batch, outlet: Outlet, unacked: set[int]) -> None:
+        """One receipt per school in the batch: its messages stored, and those refused.
+
+        Before the acknowledgements: a collector that dies in between leaves the
+        messages on the broker, which sends them again, and they get their receipt
+        then. Rejects whose dead letter failed are not named: they come again.
+        """
+        stored_at = datetime.now(UTC).isoformat()
+        collector_id = self._settings.mqtt.client_id
+        named: dict[str, list[tuple[str | None, Rejection | None]]] = {}
+        for index, (school, message_id) in batch.ids.items():
+            if index not in unacked:
+                named.setdefault(school, []).append((message_id, batch.rejects.get(index)))
+        root = self._settings.mqtt.topic_root
+        sent = 0
+        for school, entries in named.items():
+            head = (
+                f'{{"schema_version":1,"school_id":{json.dumps(school)},'
+                f'"collector_id":{json.dumps(collector_id)},"stored_at":"{stored_at}"'
+            )
+            for stored, refused in _receipt_chunks(entries):
+                payload = f'{head},"stored":[{",".join(stored)}],"refused":[{",".join(refused)}]}}'
+                outlet.receipt(receipts_topic(root, school), payload.encode())
+                sent += 1
+        self.counters.add(receipts=sent)
 
     def _dead_letter(self, outlet: Outlet, letters: list[DeadLetter]) -> bool:
         """Publish ``letters`` while paho's thread may read past the window for their acks."""
@@ -446,3 +499,45 @@ class Pipeline:
         except (InfluxUnavailable, InfluxRejected) as exc:
             log.debug("could not write collector stats: %s", exc)
         log.info("collector: %s", self.counters.summary())
+
+
+def _receipt_chunks(
+    entries: list[tuple[str | None, Rejection | None]],
+) -> Iterator[tuple[list[str], list[str]]]:
+    """The JSON of a school's stored ids and refusals, in receipts small enough for the
+    broker: at most RECEIPT_MAX_IDS entries and RECEIPT_MAX_BYTES of them each (a flood's
+    refusals carry a detail each; one packet over the broker's limit would cost the
+    collector its connection)."""
+    stored: list[str] = []
+    refused: list[str] = []
+    size = 0
+    for message_id, rejection in entries:
+        if rejection is None:
+            if message_id is None:
+                continue
+            item = f'"{message_id}"'
+            stored.append(item)
+        else:
+            item = json.dumps(
+                {
+                    "message_id": message_id,
+                    "reason": rejection.reason.value,
+                    # A flood's are many and alike: the reason says it all.
+                    "detail": ""
+                    if rejection.reason is RejectReason.RATE_LIMITED
+                    else rejection.detail[:300],
+                }
+            )
+            refused.append(item)
+        size += len(item) + 1
+        if len(stored) + len(refused) >= RECEIPT_MAX_IDS or size >= RECEIPT_MAX_BYTES:
+            yield stored, refused
+            stored, refused, size = [], [], 0
+    if stored or refused:
+        yield stored, refused
+
+
+def _message_id_in(payload: bytes) -> str | None:
+    """The ``message_id`` of a payload the collector refused, if one can be read."""
+    match = _MESSAGE_ID.search(payload[:4096].decode("utf-8", "replace"))
+    return match[1] if match else None

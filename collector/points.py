@@ -145,7 +145,20 @@ def agent_line(status: AgentStatus, at_ns: int, place: Place = NOWHERE) -> str:
             "outbox_bytes": box.bytes,
             "outbox_oldest_age_s": float(box.oldest_age_s),
             "outbox_dropped": box.dropped,
+            "outbox_awaiting_broker": box.awaiting_broker,
+            "outbox_awaiting_receipt": box.awaiting_receipt,
+            "outbox_held": box.held,
+            "outbox_undatable": box.undatable,
         }
+    if status.rejections is not None:
+        fields |= {
+            "refused": status.rejections.total,
+            "refused_last_reason": status.rejections.last_reason,
+        }
+    if status.last_stored_at is not None:
+        fields["last_stored_at_ms"] = ns(status.last_stored_at) // 1_000_000
+    if status.clock_synced is not None:
+        fields["clock_synced"] = int(status.clock_synced)
     if status.host is not None:
         host = status.host
         fields |= {

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.broker import BrokerAddress
+from agent.contract import DEFAULT_CAPABILITIES_TOPIC, TopicKind, receipts_topic, topic_for
 from collector.registry import SchoolRegistry
 
 ITERATIONS = 101  # mosquitto_passwd's default for $7$
@@ -66,10 +67,12 @@ class Summary:
 
 @dataclass(frozen=True)
 class Topics:
-    """The topics the ACL is written for: the collectors' ``mqtt.topic_root`` and dead letters."""
+    """The topics the ACL is written for: the collectors' ``mqtt.topic_root``, dead letters
+    and the announcement of receipts (``mqtt.capabilities_topic``)."""
 
     root: str = DEFAULT_TOPIC_ROOT
     dead_letter: str = DEFAULT_DEAD_LETTER_TOPIC
+    capabilities: str = DEFAULT_CAPABILITIES_TOPIC
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -197,20 +200,31 @@ def _check_collectors(collectors: tuple[str, ...], school_ids: set[str]) -> None
 def _acl(collectors: tuple[str, ...], school_ids: list[str], topics: Topics) -> str:
     lines = [
         "# Mosquitto ACL written by `school-collector provision`; do not edit, run it again.",
-        "# Collectors read every school and read and write dead letters. Each school's account",
-        "# writes only its own subtree and reads nothing. Doctor accounts (<id>.doctor)",
-        "# have no entry: they may connect and do nothing else.",
+        "# Collectors read each kind of every school's messages, write every school's",
+        "# receipts, read and write dead letters, and announce receipts. Each school's",
+        "# account writes only its own kinds of message and reads only its own receipts",
+        "# and the announcement. Doctor accounts (<id>.doctor) have no entry: they may",
+        "# connect and do nothing else.",
         "",
     ]
+    kinds = [kind.value for kind in TopicKind]
     for name in collectors:
+        lines += [f"user {name}"]
+        lines += [f"topic read {topics.root}/+/{kind}" for kind in kinds]
         lines += [
-            f"user {name}",
-            f"topic read {topics.root}/+/+",
+            f"topic write {receipts_topic(topics.root, '+')}",
             f"topic readwrite {topics.dead_letter}",
+            f"topic readwrite {topics.capabilities}",
             "",
         ]
     for school_id in school_ids:
-        lines += [f"user {school_id}", f"topic write {topics.root}/{school_id}/#", ""]
+        lines += [f"user {school_id}"]
+        lines += [f"topic write {topic_for(topics.root, school_id, kind)}" for kind in TopicKind]
+        lines += [
+            f"topic read {receipts_topic(topics.root, school_id)}",
+            f"topic read {topics.capabilities}",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from agent.broker import BrokerSettings
 from agent.config_file import FileSettings
-from agent.contract import DEFAULT_TOPIC_ROOT, MAX_PAYLOAD_BYTES
+from agent.contract import DEFAULT_CAPABILITIES_TOPIC, DEFAULT_TOPIC_ROOT, MAX_PAYLOAD_BYTES
 from agent.settings import LogLevel, TopicRoot
 from collector.rollout_rules import Rules
 
@@ -31,8 +31,12 @@ class CollectorMqttSettings(BrokerSettings):
     receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
     max_payload_bytes: int = Field(default=MAX_PAYLOAD_BYTES, ge=1024, le=16 * 1024 * 1024)
     share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    # Receipts to each school once InfluxDB stored its messages, announced (retained)
+    # on capabilities_topic. Every collector of a share group must agree.
+    receipts: bool = True
+    capabilities_topic: str = DEFAULT_CAPABILITIES_TOPIC
 
-    @field_validator("dead_letter_topic")
+    @field_validator("dead_letter_topic", "capabilities_topic")
     @classmethod
     def _plain_topic(cls, value: str) -> str:
         if not value or any(c in value for c in "+#"):
@@ -41,11 +45,9 @@ class CollectorMqttSettings(BrokerSettings):
 
     @model_validator(mode="after")
     def _dead_letters_outside_root(self) -> Self:
-        if self.dead_letter_topic.startswith(self.topic_root + "/"):
-            raise ValueError(
-                "dead_letter_topic must lie outside topic_root, or the collector would read "
-                "its own dead letters"
-            )
+        for name in ("dead_letter_topic", "capabilities_topic"):
+            if getattr(self, name).startswith(self.topic_root + "/"):
+                raise ValueError(f"{name} must lie outside topic_root, where only schools publish")
         return self
 
 

@@ -72,6 +72,11 @@ def topic_root() -> str:
     return unique("t-") + "/schools"
 
 
+def capabilities_topic(topic_root: str) -> str:
+    """A test's own topic for the collectors' announcement of receipts, beside its root."""
+    return topic_root.split("/", maxsplit=1)[0] + "/capabilities"
+
+
 @pytest.fixture
 def school_id() -> str:
     return unique("KZ-")
@@ -85,6 +90,8 @@ def collector_env(broker: Mosquitto, database: Influx, topic_root: str) -> dict[
         "SCHOOL_COLLECTOR_MQTT__TOPIC_ROOT": topic_root,
         "SCHOOL_COLLECTOR_MQTT__DEAD_LETTER_TOPIC": topic_root.split("/", maxsplit=1)[0]
         + "/dead-letter",
+        # Its own announcement of receipts: the broker is shared by every test.
+        "SCHOOL_COLLECTOR_MQTT__CAPABILITIES_TOPIC": capabilities_topic(topic_root),
         "SCHOOL_COLLECTOR_INFLUX__URL": database.url,
         "SCHOOL_COLLECTOR_INFLUX__DATABASE": database.database,
         "SCHOOL_COLLECTOR_STATS_INTERVAL_S": "1",
@@ -124,6 +131,7 @@ def agent_env(
         "SCHOOL_AGENT_SCHOOL_ID": school_id,
         "SCHOOL_AGENT_MQTT__URL": broker.url,
         "SCHOOL_AGENT_MQTT__TOPIC_ROOT": topic_root,
+        "SCHOOL_AGENT_MQTT__CAPABILITIES_TOPIC": capabilities_topic(topic_root),
         "SCHOOL_AGENT_STATE_DIR": str(tmp_path / "agent-state"),
         "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed_server.url,
     }

@@ -84,7 +84,51 @@ def test_a_school_cannot_publish_into_another_schools_subtree(secure: SecureBrok
     assert seen == ["schools/KZ-A/speed"]  # the forged message never reached the collector
 
 
-def test_a_school_can_read_nothing(secure: SecureBroker) -> None:
+def _listen(client: paho.Client, topic: str) -> tuple[list[str], list[Any]]:
+    """Subscribe ``client`` to ``topic``; return what it receives and the broker's answer."""
+    seen: list[str] = []
+    granted: list[Any] = []
+    done = threading.Event()
+
+    def on_subscribe(_c: paho.Client, _u: Any, _m: int, reasons: list[Any], _p: Any) -> None:
+        granted.extend(reasons)
+        done.set()
+
+    client.on_subscribe = on_subscribe
+    client.message_callback_add(
+        topic, lambda _c, _u, m: seen.append(f"{m.topic} {m.payload.decode()}")
+    )
+    client.subscribe(topic, qos=1)
+    assert done.wait(5)
+    return seen, granted
+
+
+def test_receipts_reach_only_their_own_school_and_no_school_can_forge_one(
+    secure: SecureBroker,
+) -> None:
+    """A school reads its own receipts and the announcement; it writes neither."""
+    collector, _ = _client(secure, COLLECTOR_USER, secure.password(COLLECTOR_USER), tls=False)
+    school_a, _ = _client(secure, "KZ-A", secure.password("KZ-A"))
+    school_b, _ = _client(secure, "KZ-B", secure.password("KZ-B"))
+    a_receipts, _ = _listen(school_a, "schools/KZ-A/receipts")
+    b_spying, _ = _listen(school_b, "schools/KZ-A/receipts")
+    a_announcements, _ = _listen(school_a, "school-monitor/capabilities")
+    for forged in ("schools/KZ-A/receipts", "schools/KZ-B/receipts"):
+        school_b.publish(forged, b"forged", qos=1).wait_for_publish(5)
+    school_b.publish("school-monitor/capabilities", b"forged", qos=1).wait_for_publish(5)
+    collector.publish("schools/KZ-A/receipts", b"real", qos=1).wait_for_publish(5)
+    collector.publish("school-monitor/capabilities", b"real", qos=1).wait_for_publish(5)
+    wait_for(lambda: len(a_receipts) + len(a_announcements) >= 2, what="the real ones")
+    time.sleep(0.5)
+    for client in (collector, school_a, school_b):
+        client.disconnect()
+        client.loop_stop()
+    assert a_receipts == ["schools/KZ-A/receipts real"]
+    assert a_announcements == ["school-monitor/capabilities real"]
+    assert b_spying == []
+
+
+def test_a_school_can_read_nothing_of_another(secure: SecureBroker) -> None:
     school_b, answer = _client(secure, "KZ-B", secure.password("KZ-B"))
     assert answer == "Success"
     granted: list[Any] = []

@@ -4,11 +4,14 @@ Each case runs its own Mosquitto, InfluxDB and collector, and three load agents
 (tests/support/load_agent.py: the agent's real publisher and outbox) that each
 produce 150 speed results. While they publish, the case stops, kills and
 restarts parts of the stack; then it counts: every result in InfluxDB, none
-twice (0 lost, 0 duplicated).
+twice (0 lost, 0 duplicated), and every agent's outbox empty: the collector's
+receipts confirmed everything it holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import sys
 import time
 import uuid
@@ -23,6 +26,7 @@ from collector.influx.v1 import V1Writer
 from collector.settings import InfluxSettings
 from tests.conftest import start_collector
 from tests.support.services import REPO, Influx, collector_process, command_env, unique, wait_for
+from tests.support.slow_reply import SlowReplyProxy
 
 AGENTS = 3
 PER_AGENT = 150
@@ -53,8 +57,33 @@ class Stack:
         return process
 
     def produced(self, school_id: str) -> int:
+        return self._log(school_id).count("\nstored ")
+
+    def resent(self) -> int:
+        """How many times the agents sent again what the broker acknowledged without receipt."""
+        return sum(
+            self._log(school).count("no receipt from the collector") for school in self.agents
+        )
+
+    def _log(self, school_id: str) -> str:
         log = self.agents[school_id].log_file
-        return log.read_text().count("stored ") if log.exists() else 0
+        return "\n" + log.read_text() if log.exists() else ""
+
+    def wait_receipts_learned(self) -> None:
+        """Every agent heard the collectors' announcement that receipts come."""
+        wait_for(
+            lambda: all("the collectors send receipts" in self._log(s) for s in self.agents),
+            what="every agent to learn that receipts come",
+        )
+
+    def confirmed(self) -> int:
+        """Messages the agents' outboxes removed on a receipt (their own counters)."""
+        total = 0
+        for school in self.agents:
+            with contextlib.closing(sqlite3.connect(self.run_dir / school / "outbox.db")) as db:
+                row = db.execute("SELECT value FROM counters WHERE name = 'confirmed'").fetchone()
+            total += row[0] if row else 0
+        return total
 
     def expected_ids(self) -> set[str]:
         return {
@@ -125,6 +154,11 @@ def _assert_exactly_once(stack: Stack) -> None:
     ids = [row["message_id"] for row in rows]
     assert len(ids) == len(expected) == AGENTS * PER_AGENT  # 0 lost, 0 duplicated
     assert set(ids) == expected
+    wait_for(  # the receipts came: nothing waits to be sent again
+        lambda: all("\ndone\n" in stack._log(school) for school in stack.agents),
+        timeout=120,
+        what="every agent's outbox to empty",
+    )
 
 
 def test_broker_stopped_then_restarted(stack: Stack) -> None:
@@ -217,3 +251,40 @@ def test_collectors_sharing_the_subscription_lose_nothing_when_one_is_killed(
     finally:
         for process in shared:
             process.stop()
+
+
+def test_the_broker_killed_without_saving_again_and_again_loses_nothing(stack: Stack) -> None:
+    """SIGKILL: Mosquitto's queue since its last autosave is gone, PUBACKs and all."""
+    schools = _start_agents(stack)
+    stack.wait_receipts_learned()
+    stack.collector.stop()  # what the agents publish now waits in the broker's memory
+    for share in (0.35, 0.6, 0.85):
+        _when_produced(stack, schools[0], share)
+        stack.broker.kill()  # well within autosave_interval (30 s): nothing was written
+        time.sleep(1)
+        stack.broker.start()
+    start_collector(stack.collector)
+    _assert_exactly_once(stack)
+    assert stack.resent() > 0  # what the broker had acknowledged and lost was sent again
+
+
+def test_the_collector_killed_after_a_write_before_its_receipts(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """InfluxDB's answers arrive 2 s late, so the collector dies between write and receipt."""
+    slow = SlowReplyProxy(stack.influxdb.port, delay_s=2.0)
+    stack.collector.stop()
+    stack.collector.env["SCHOOL_COLLECTOR_INFLUX__URL"] = slow.url
+    try:
+        start_collector(stack.collector)
+        schools = _start_agents(stack)
+        stack.wait_receipts_learned()
+        _when_produced(stack, schools[0], 0.5)
+        wait_for(lambda: stack.database.count("speed") > stack.confirmed(), what="a write")
+        stack.collector.kill()
+        time.sleep(1)  # receipts on their way have arrived
+        assert stack.database.count("speed") > stack.confirmed()  # stored, never confirmed
+        start_collector(stack.collector)
+        _assert_exactly_once(stack)
+    finally:
+        slow.close()

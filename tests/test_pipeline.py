@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 from localstack import InfluxDB, free_port
 
-from agent.contract import DeadLetter, RejectReason, SpeedMeasurement, SpeedReport, SpeedResult
+from agent.contract import (
+    DeadLetter,
+    Receipt,
+    RejectReason,
+    SpeedMeasurement,
+    SpeedReport,
+    SpeedResult,
+)
 from collector.influx.v1 import V1Writer
 from collector.pipeline import BACKLOG_WAITING, Incoming, Pipeline
 from collector.settings import (
@@ -32,6 +39,8 @@ class RecordingOutlet:
     def __init__(self) -> None:
         self.acked: list[int] = []
         self.letters: list[DeadLetter] = []
+        self.receipts: list[tuple[str, Receipt]] = []
+        self.events: list[str] = []  # "ack" and "receipt", in the order they happened
         self.lock = threading.Lock()
 
     def is_current(self, item: Incoming) -> bool:
@@ -40,11 +49,17 @@ class RecordingOutlet:
     def ack(self, item: Incoming) -> None:
         with self.lock:
             self.acked.append(item.mid)
+            self.events.append("ack")
 
     def dead_letter(self, letters: list[DeadLetter]) -> bool:
         with self.lock:
             self.letters.extend(letters)
         return True
+
+    def receipt(self, topic: str, payload: bytes) -> None:
+        with self.lock:
+            self.receipts.append((topic, Receipt.model_validate_json(payload)))
+            self.events.append("receipt")
 
 
 def _settings(influx_url: str, database: str) -> CollectorSettings:
@@ -129,6 +144,44 @@ def own_influxdb(tmp_path: Path) -> Iterator[InfluxDB]:
     server.start()
     yield server
     server.stop()
+
+
+def test_each_school_gets_one_receipt_per_batch_naming_what_was_stored_and_refused(
+    database: Influx, start_pipeline: Callable[[Pipeline, RecordingOutlet], threading.Thread]
+) -> None:
+    pipeline = Pipeline(
+        V1Writer(InfluxSettings(url=database.url, database=database.database)),
+        _settings(database.url, database.database),
+    )
+    outlet = RecordingOutlet()
+    first = _reports(3)
+    second = [
+        speed_report("KZ-2", "a2", 50.0, datetime.now(UTC) - timedelta(minutes=1)),
+        speed_report("KZ-2", "a2", 50.0, datetime.now(UTC) + timedelta(days=2)),  # its clock
+    ]
+    items = _incoming(first + second)
+    posing = Incoming(  # KZ-2 publishing a message that claims to be KZ-1's
+        mid=99, qos=1, topic="schools/KZ-2/speed", payload=first[0].model_copy(
+            update={"message_id": "f" * 32}).model_dump_json().encode(),
+        generation=0, arrived_ns=time.time_ns(),
+    )  # fmt: skip
+    for item in [*items, posing]:
+        pipeline.submit(item)
+    start_pipeline(pipeline, outlet)
+
+    wait_for(lambda: len(outlet.acked) == 6, what="all six acknowledgements")
+    receipts = dict(outlet.receipts)
+    assert sorted(receipts) == ["schools/KZ-1/receipts", "schools/KZ-2/receipts"]
+    kz1, kz2 = receipts["schools/KZ-1/receipts"], receipts["schools/KZ-2/receipts"]
+    assert kz1.school_id == "KZ-1"
+    assert kz1.refused == []
+    assert kz1.stored == [report.message_id for report in first]
+    assert kz2.stored == [second[0].message_id]
+    refused = {refusal.message_id: refusal.reason for refusal in kz2.refused}
+    assert refused == {second[1].message_id: "bad_timestamp", "f" * 32: "school_mismatch"}
+    assert outlet.events.index("ack") > max(
+        n for n, event in enumerate(outlet.events) if event == "receipt"
+    )  # receipts first: a collector killed before them leaves every message unacknowledged
 
 
 def test_influxdb_outage_holds_every_ack_until_the_points_are_stored(

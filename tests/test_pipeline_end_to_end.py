@@ -32,6 +32,7 @@ def test_agent_once_measurement_is_stored_with_its_download_figure(
 
     assert result.returncode == 0, result.stderr
     assert "all acknowledged by the broker" in result.stdout
+    assert "confirmed stored in InfluxDB by the collector" in result.stdout  # its receipts
     printed_download = parse_figure(result.stdout, "Download")
     speed = wait_for(
         lambda: database.rows(f"SELECT * FROM speed WHERE school_id = '{school_id}'"),

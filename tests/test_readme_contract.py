@@ -21,6 +21,7 @@ from agent.contract import (
     HeartbeatCounts,
     HostHealth,
     OutboxCounts,
+    RejectionCounts,
     RejectReason,
     ServerKind,
     SpeedMeasurement,
@@ -160,7 +161,21 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
             data_used_month_bytes=1,
             data_budget_month_bytes=2,
             heartbeats=HeartbeatCounts(accepted=1, unknown_device=2, bad_token=3, malformed=4),
-            outbox=OutboxCounts(messages=1, bytes=700, oldest_age_s=0.5, dropped=0),
+            outbox=OutboxCounts(
+                messages=1,
+                bytes=700,
+                oldest_age_s=0.5,
+                dropped=0,
+                awaiting_broker=0,
+                awaiting_receipt=1,
+                held=0,
+                undatable=0,
+            ),
+            rejections=RejectionCounts(
+                total=1, by_reason={"bad_timestamp": 1}, last_reason="bad_timestamp", last_at=at
+            ),
+            last_stored_at=at,
+            clock_synced=True,
         ),
         DevicesReport(
             school_id="KZ-1",

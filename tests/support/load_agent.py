@@ -6,7 +6,8 @@
 It drives the agent's real :class:`~agent.publisher.Publisher` and
 :class:`~agent.outbox.Outbox` (only the daemon's schedule is replaced by a
 loop), prints ``stored <n> <message_id>`` once message ``n`` is in the outbox
-on disk, and ``done`` once the broker acknowledged everything. Killed and
+on disk, and ``done`` once its outbox is empty: the broker acknowledged
+everything or, when the collectors send receipts, the collector confirmed it. Killed and
 started again with the same ``--state-dir``, it carries on where it stopped:
 message ``n`` always has the same id and time, so producing it twice is
 harmless, as a redelivery is.
@@ -15,6 +16,7 @@ harmless, as a redelivery is.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -67,7 +69,12 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--rate", type=float, default=30.0, help="messages per second")
+    parser.add_argument("--receipt-grace", type=float, default=2.0, help="outbox.receipt_grace_s")
+    parser.add_argument(
+        "--receipt-timeout", type=float, default=20.0, help="outbox.receipt_timeout_s"
+    )
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args.state_dir.mkdir(parents=True, exist_ok=True)
     progress = args.state_dir / "produced"
     start = int(progress.read_text()) if progress.exists() else 0
@@ -75,7 +82,13 @@ def main() -> None:
     publisher = Publisher(
         AgentMqttSettings(url=args.broker, topic_root=args.root),
         outbox,
-        plan=OutboxSettings(replay_rate_per_s=200, max_in_flight=50, resend_after_s=10),
+        plan=OutboxSettings(
+            replay_rate_per_s=200,
+            max_in_flight=50,
+            resend_after_s=10,
+            receipt_grace_s=args.receipt_grace,
+            receipt_timeout_s=args.receipt_timeout,
+        ),
         school_id=args.school,
         agent_id="load-agent",
         boot_id=uuid.uuid4().hex,
