@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ from agent import __version__
 from agent.broker import BrokerError
 from agent.budget import MB, DataBudget
 from agent.clock import Clock, SystemClock
+from agent.clock_trust import KernelSync, TimeKeeper, Unchecked
 from agent.config_file import ConfigError
 from agent.contract import (
     AgentState,
@@ -81,6 +83,7 @@ class Agent:
             max_bytes=int(keep.max_mb * MB),
             max_age_s=keep.max_age_days * 86_400,
         )
+        sync = KernelSync() if settings.clock.hold_unsynced else Unchecked()
         self.publisher = Publisher(
             settings.mqtt,
             self.outbox,
@@ -89,6 +92,7 @@ class Agent:
             agent_id=self.agent_id,
             boot_id=self.boot_id,
             version=__version__,
+            time_keeper=TimeKeeper(sync),
         )
         self.tester = SpeedTester(settings.speedtest)
         plan = settings.schedule
@@ -144,8 +148,11 @@ class Agent:
             devices = self.devices.check_once() if self.settings.devices else []
             if devices:
                 stored += self.reporter(devices, full=True)
+            started = time.monotonic()
             report = self._speed_test(progress)
-            stored.append(self.publisher.publish(report, TopicKind.SPEED))
+            stored.append(
+                self.publisher.publish(report, TopicKind.SPEED, measured_monotonic=started)
+            )
             self.publisher.wait_acked(stored, self.settings.mqtt.ack_timeout_s)
             unconfirmed = self.publisher.wait_stored(stored, self.settings.mqtt.ack_timeout_s)
         except BrokerError:
@@ -246,8 +253,9 @@ class Agent:
             return None
 
     def _test_and_publish(self) -> SpeedResult:
+        started = time.monotonic()
         report = self._speed_test(None)
-        self.publisher.publish(report, TopicKind.SPEED)
+        self.publisher.publish(report, TopicKind.SPEED, measured_monotonic=started)
         return report.result
 
     def _speed_test(self, progress: Progress | None) -> SpeedReport:

@@ -10,15 +10,13 @@ import secrets
 import shutil
 import socket
 import sqlite3
-import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 
 from agent.broker import BrokerError, ConnectionWatch, connect, new_client
+from agent.clock_trust import KernelSync, SyncSource
 from agent.config_file import ConfigError
 from agent.contract import DeviceState
 from agent.devices.monitor import DeviceMonitor
@@ -51,7 +49,7 @@ class Finding:
 
 
 def diagnose(settings: AgentSettings) -> list[Finding]:
-    findings = [_config(settings), _clock(), _disk(settings)]
+    findings = [_config(settings), _clock(settings), _disk(settings)]
     if settings.mqtt.url is not None:
         dns = _dns(settings.mqtt.address().host)
         findings.append(dns)
@@ -71,28 +69,28 @@ def _config(settings: AgentSettings) -> Finding:
     return Finding(Verdict.PASS, "config", f"school {settings.school_id}")
 
 
-def _clock(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> Finding:
-    try:
-        answer = run(
-            ["timedatectl", "show", "--property=NTPSynchronized", "--value"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        answer = None
-    if answer is None or answer.returncode != 0:
-        if Path("/run/systemd/timesync/synchronized").exists():
-            return Finding(Verdict.PASS, "clock", "synchronised (systemd-timesyncd)")
+def _clock(settings: AgentSettings, sync: SyncSource | None = None) -> Finding:
+    """The kernel's verdict (adjtimex), the one the agent itself acts on."""
+    state = (sync or KernelSync()).synchronised()
+    if state is True:
+        return Finding(Verdict.PASS, "clock", "synchronised (the kernel says so)")
+    if state is None:
         return Finding(
             Verdict.WARN, "clock",
             "cannot tell whether the clock is synchronised; results carry its time, so "
             "make sure NTP runs (timedatectl set-ntp true)",
         )  # fmt: skip
-    if answer.stdout.strip() == "yes":
-        return Finding(Verdict.PASS, "clock", "synchronised (NTP)")
+    if not settings.clock.hold_unsynced:
+        return Finding(
+            Verdict.FAIL, "clock",
+            "not synchronised, and clock.hold_unsynced is off: results go out with this "
+            "clock's time; run: timedatectl set-ntp true, and let NTP (UDP 123) out",
+        )  # fmt: skip
     return Finding(
-        Verdict.FAIL, "clock",
-        "not synchronised: the collector refuses times more than 5 minutes ahead; "
-        "run: timedatectl set-ntp true",
+        Verdict.WARN, "clock",
+        "not synchronised: measurements wait in the outbox until it is, or until the "
+        "collector's receipts give the time; run: timedatectl set-ntp true, and let NTP "
+        "(UDP 123) out",
     )  # fmt: skip
 
 

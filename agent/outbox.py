@@ -40,6 +40,10 @@ _ADDED = {
     "message_id": "TEXT",
     "acked_at": "REAL",  # the broker's PUBACK (NULL: waiting for the broker)
     "resends": "INTEGER NOT NULL DEFAULT 0",  # sent again for want of a receipt
+    # Held until the clock can date it: the kernel's boot id and the monotonic time
+    # of the measurement (NULL: not held).
+    "held_boot": "TEXT",
+    "held_monotonic": "REAL",
 }
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox (message_id);
@@ -67,6 +71,18 @@ class OutboxStats:
     dropped: int
     awaiting_broker: int = 0
     awaiting_receipt: int = 0
+    held: int = 0
+
+
+@dataclass(frozen=True)
+class Held:
+    """A message held until the clock can date it."""
+
+    id: int
+    topic: str
+    payload: bytes
+    boot_id: str
+    monotonic: float
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,7 @@ class Delivery:
     last_refusal: LastRefusal | None = None
     last_stored_at: float | None = None
     confirmed: int = 0
+    undatable: int = 0
     receipts: bool = False  # the collectors announced receipts (as last heard)
 
     @property
@@ -141,19 +158,28 @@ class Outbox:
         self._db.executescript(_INDEXES)
 
     def put(
-        self, topic: str, payload: bytes, *, retain: bool = False, message_id: str | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        message_id: str | None = None,
+        held: tuple[str, float] | None = None,
     ) -> int:
         """Store one message (on disk when this returns); return its id, in FIFO order.
 
         ``message_id`` is what receipts name it by; by default, the payload's own.
+        ``held``: (kernel boot id, monotonic time of the measurement) for a message
+        kept back until its time is known (:meth:`release`).
         """
         if message_id is None:
             message_id = _message_id_of(payload)
         with self._lock, self._transaction():
+            boot, monotonic = held if held is not None else (None, None)
             cursor = self._db.execute(
-                "INSERT INTO outbox (topic, payload, retain, stored_at, message_id) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (topic, payload, int(retain), self._clock(), message_id),
+                "INSERT INTO outbox (topic, payload, retain, stored_at, message_id, held_boot, "
+                "held_monotonic) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (topic, payload, int(retain), self._clock(), message_id, boot, monotonic),
             )
             self._count += 1
             self._bytes += len(payload)
@@ -165,7 +191,7 @@ class Outbox:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, topic, payload, retain, stored_at FROM outbox "
-                "WHERE id > ? AND acked_at IS NULL ORDER BY id LIMIT ?",
+                "WHERE id > ? AND acked_at IS NULL AND held_boot IS NULL ORDER BY id LIMIT ?",
                 (last_id, limit),
             ).fetchall()
         return [Stored(r[0], r[1], bytes(r[2]), bool(r[3]), r[4]) for r in rows]
@@ -312,6 +338,51 @@ class Outbox:
             )
         return [Stored(r[0], r[1], bytes(r[2]), bool(r[3]), r[4]) for r in rows]
 
+    # -- the clock ---------------------------------------------------------
+
+    def held(self, limit: int = 1000) -> list[Held]:
+        """Messages waiting for the clock, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, held_boot, held_monotonic FROM outbox "
+                "WHERE held_boot IS NOT NULL ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Held(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+
+    def release(self, message_id: int, payload: bytes) -> Stored | None:
+        """The held message ``message_id``, re-stamped as ``payload``, may now be sent."""
+        with self._lock, self._transaction():
+            old = self._db.execute(
+                "SELECT length(payload) FROM outbox WHERE id = ? AND held_boot IS NOT NULL",
+                (message_id,),
+            ).fetchone()
+            if old is None:
+                return None
+            row = self._db.execute(
+                "UPDATE outbox SET payload = ?, held_boot = NULL, held_monotonic = NULL "
+                "WHERE id = ? RETURNING id, topic, payload, retain, stored_at",
+                (payload, message_id),
+            ).fetchone()
+            self._bytes += len(payload) - old[0]
+        return Stored(row[0], row[1], bytes(row[2]), bool(row[3]), row[4])
+
+    def undatable(self, ids: Iterable[int]) -> int:
+        """Held messages that can never be dated (taken before a reboot): dropped, counted."""
+        removed = 0
+        with self._lock, self._transaction():
+            for message_id in ids:
+                row = self._db.execute(
+                    "DELETE FROM outbox WHERE id = ? RETURNING length(payload)", (message_id,)
+                ).fetchone()
+                if row is not None:
+                    removed += 1
+                    self._count -= 1
+                    self._bytes -= row[0]
+            if removed:
+                self._add_counter("undatable", removed)
+        return removed
+
     def delivery(self) -> Delivery:
         """Refusals by reason, the last refusal, and when a receipt last confirmed a store."""
         with self._lock:
@@ -328,8 +399,8 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         with self._lock:
-            oldest, acked = self._db.execute(
-                "SELECT min(stored_at), count(acked_at) FROM outbox"
+            oldest, acked, held = self._db.execute(
+                "SELECT min(stored_at), count(acked_at), count(held_boot) FROM outbox"
             ).fetchone()
             dropped = self._dropped()
             return OutboxStats(
@@ -337,8 +408,9 @@ class Outbox:
                 bytes=self._bytes,
                 oldest_age_s=None if oldest is None else max(0.0, self._clock() - oldest),
                 dropped=dropped,
-                awaiting_broker=self._count - acked,
+                awaiting_broker=self._count - acked - held,
                 awaiting_receipt=acked,
+                held=held,
             )
 
     def close(self) -> None:
@@ -401,7 +473,9 @@ def _message_id_of(payload: bytes) -> str | None:
 def _delivery(db: sqlite3.Connection) -> Delivery:
     rows = db.execute("SELECT name, value FROM counters WHERE name LIKE 'refused:%'")
     refused = {name.removeprefix("refused:"): int(value) for name, value in rows}
-    confirmed = db.execute("SELECT value FROM counters WHERE name = 'confirmed'").fetchone()
+    counters = dict(
+        db.execute("SELECT name, value FROM counters WHERE name IN ('confirmed', 'undatable')")
+    )
     facts = dict(db.execute("SELECT name, value FROM facts").fetchall())
     last = None
     if "last_refusal" in facts:
@@ -412,7 +486,8 @@ def _delivery(db: sqlite3.Connection) -> Delivery:
         refused=refused,
         last_refusal=last,
         last_stored_at=float(stored) if stored is not None else None,
-        confirmed=int(confirmed[0]) if confirmed else 0,
+        confirmed=int(counters.get("confirmed", 0)),
+        undatable=int(counters.get("undatable", 0)),
         receipts=facts.get("receipts") == "on",
     )
 
@@ -422,9 +497,9 @@ def read_delivery(path: Path) -> tuple[OutboxStats, Delivery]:
     beside a running agent, perhaps as another user). Raises :class:`sqlite3.Error`."""
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        count, size, oldest, acked = db.execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0), min(stored_at), count(acked_at) "
-            "FROM outbox"
+        count, size, oldest, acked, held = db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0), min(stored_at), count(acked_at), "
+            "count(held_boot) FROM outbox"
         ).fetchone()
         dropped = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
         stats = OutboxStats(
@@ -432,8 +507,9 @@ def read_delivery(path: Path) -> tuple[OutboxStats, Delivery]:
             bytes=size,
             oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
             dropped=int(dropped[0]) if dropped else 0,
-            awaiting_broker=count - acked,
+            awaiting_broker=count - acked - held,
             awaiting_receipt=acked,
+            held=held,
         )
         return stats, _delivery(db)
     finally:

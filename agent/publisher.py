@@ -38,7 +38,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from agent.broker import BrokerError, ConnectionWatch, connect, new_client
+from agent.clock_trust import TimeKeeper, Unchecked, restamped
 from agent.contract import (
+    MESSAGE_MODELS,
     AgentState,
     AgentStatus,
     Capabilities,
@@ -63,8 +65,12 @@ log = logging.getLogger(__name__)
 
 _REASON = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
-# How often the outbox is searched for messages whose receipt is overdue.
+# How often the outbox is searched for messages whose receipt is overdue, or that
+# wait for the clock.
 OVERDUE_CHECK_S = 5.0
+# A status sent at once while the clock is wrong expires on the broker after this long.
+LIVE_EXPIRY_S = 60
+MAX_PROBES = 20
 # A refusal reason is logged at most this often (each is counted every time).
 REFUSAL_LOG_INTERVAL_S = 3600.0
 
@@ -102,8 +108,13 @@ class Publisher:
         boot_id: str,
         version: str,
         plan: OutboxSettings | None = None,
+        time_keeper: TimeKeeper | None = None,
     ) -> None:
+        """``time_keeper`` decides whether measurements wait for the clock (default:
+        the system clock is believed as it is)."""
         self._settings = settings
+        self._time = time_keeper or TimeKeeper(Unchecked())
+        self._probes: dict[str, float] = {}  # live status id -> monotonic time sent
         self.outbox = outbox
         self._plan = plan or OutboxSettings()
         self._school_id = school_id
@@ -195,8 +206,10 @@ class Publisher:
                 dropped=stats.dropped,
                 awaiting_broker=stats.awaiting_broker,
                 awaiting_receipt=stats.awaiting_receipt,
+                held=stats.held,
             )
             delivery = self.outbox.delivery()
+            outbox = outbox.model_copy(update={"undatable": delivery.undatable})
             last = delivery.last_refusal
             rejections = RejectionCounts(
                 total=delivery.refused_total,
@@ -221,20 +234,63 @@ class Publisher:
             outbox=outbox,
             rejections=rejections,
             last_stored_at=last_stored,
+            clock_synced=self._time.sync_state(),
         )
 
-    def publish(self, message: Envelope, kind: TopicKind) -> int:
-        """Store ``message`` in the outbox (on disk when this returns); return its outbox id."""
+    def publish(
+        self, message: Envelope, kind: TopicKind, *, measured_monotonic: float | None = None
+    ) -> int:
+        """Store ``message`` in the outbox (on disk when this returns); return its outbox id.
+
+        ``measured_monotonic``: the monotonic time of ``measured_at`` (default: now, for
+        a message stamped just now). While the clock cannot be believed the message is
+        held until it can be dated; a status is then sent at once instead, not kept
+        (0 is returned): the collector stores it at its arrival.
+        """
+        if measured_monotonic is None:
+            measured_monotonic = self._time.monotonic_of(message.measured_at.timestamp())
+        believed = self._time.believed(measured_monotonic)
+        if kind is TopicKind.AGENT and not believed:
+            self._send_live(message, kind)
+            return 0
+        held = None if believed else (self._time.boot_id, measured_monotonic)
         stored = self.outbox.put(
             self._topic(kind),
             message.model_dump_json().encode(),
             retain=kind is TopicKind.AGENT,
             message_id=message.message_id,
+            held=held,
         )
-        log.debug("stored %s message %s (outbox %d)", kind.value, message.message_id, stored)
+        log.debug(
+            "stored %s message %s (outbox %d%s)",
+            kind.value,
+            message.message_id,
+            stored,
+            ", held for the clock" if held else "",
+        )
         with self._changed:
             self._changed.notify_all()
         return stored
+
+    def _send_live(self, message: Envelope, kind: TopicKind) -> None:
+        """A status while the clock is wrong: now or never, marked so, expiring in a minute.
+
+        Its receipt doubles as a time signal: the collector's ``stored_at`` for a
+        message sent a moment ago gives the true time (agent/clock_trust.py).
+        """
+        if isinstance(message, AgentStatus):
+            message = message.model_copy(update={"clock_synced": False})
+        if not self.connected:
+            return
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.MessageExpiryInterval = LIVE_EXPIRY_S
+        with self._changed:
+            self._probes[message.message_id] = self._time.now_monotonic()
+            while len(self._probes) > MAX_PROBES:
+                self._probes.pop(next(iter(self._probes)))
+        self._client.publish(
+            self._topic(kind), message.model_dump_json(), qos=1, retain=True, properties=properties
+        )
 
     def settle(self) -> tuple[int, list[str], int]:
         """Since the last call: (acknowledged, refusals, still waiting in the outbox)."""
@@ -259,6 +315,14 @@ class Publisher:
             raise BrokerError(
                 f"broker {self.address} refused {len(refusals)} message(s): {refusals[0]}; "
                 "check that this school's credentials may publish under mqtt.topic_root"
+            )
+        held = {h.id for h in self.outbox.held()} & wanted
+        if held:
+            raise BrokerError(
+                f"{len(held)} measurement(s) wait for the clock: the system clock is not "
+                "synchronised, and no receipt from the collector has given the time yet. They "
+                f"stay in the outbox ({self.outbox.path}) until one of them can date them; "
+                "check NTP (timedatectl) and that the collector runs"
             )
         if wanted:
             raise BrokerError(
@@ -307,10 +371,14 @@ class Publisher:
             with self._changed:
                 self._changed.wait(0.5)
             try:
+                # Watch the clock, so that a measurement it was wrong for is known so.
+                self._time.synchronised()
                 if self.connected:
                     self._resend_stale()
-                    if self._receipts and time.monotonic() >= next_overdue:
-                        self._resend_unconfirmed()
+                    if time.monotonic() >= next_overdue:
+                        self._release_held()
+                        if self._receipts:
+                            self._resend_unconfirmed()
                         next_overdue = time.monotonic() + OVERDUE_CHECK_S
                     self._send_next(bucket)
             except Exception:  # a bug must not stop delivery for good
@@ -354,6 +422,35 @@ class Publisher:
         log.info("no acknowledgement for %d message(s); sending them again", len(stale))
         for message in self.outbox.get(stale.values()):
             self._send(message.id, message.topic, message.payload, message.retain)
+
+    def _release_held(self) -> None:
+        """Date what waited for the clock, and send it; drop what can never be dated."""
+        undatable: list[int] = []
+        released = 0
+        for held in self.outbox.held():
+            if not self._time.datable(held.boot_id):
+                undatable.append(held.id)
+                continue
+            true_s = self._time.true_time(held.monotonic, held.boot_id)
+            if true_s is None:
+                break  # nothing can be dated yet
+            kind = TopicKind(held.topic.rsplit("/", 1)[-1])
+            message = MESSAGE_MODELS[kind].model_validate_json(held.payload)
+            payload = restamped(message, true_s).model_dump_json().encode()
+            stored = self.outbox.release(held.id, payload)
+            if stored is not None:
+                released += 1
+                self._send(stored.id, stored.topic, stored.payload, stored.retain)
+        if released:
+            log.info("the clock can be trusted: %d measurement(s) dated and sent", released)
+        if undatable:
+            self.outbox.undatable(undatable)
+            log.warning(
+                "%d measurement(s) taken before a restart while the clock was not synchronised "
+                "cannot be dated and were dropped (counted as outbox.undatable in the status); "
+                "make sure NTP can reach its servers (timedatectl)",
+                len(undatable),
+            )
 
     def _resend_unconfirmed(self) -> None:
         """Send again what the broker acknowledged but no receipt named in time."""
@@ -448,7 +545,12 @@ class Publisher:
         receipt = Receipt.model_validate_json(payload)
         if receipt.school_id != self._school_id:
             raise ValueError(f"a receipt for school {receipt.school_id!r}, not this one")
-        confirmed = self.outbox.confirm(receipt.stored, receipt.stored_at.timestamp())
+        stored_at = receipt.stored_at.timestamp()
+        with self._changed:
+            probes = [self._probes.pop(i) for i in receipt.stored if i in self._probes]
+        for sent in probes:
+            self._time.heard(stored_at, sent)
+        confirmed = self.outbox.confirm(receipt.stored, stored_at)
         final = [r for r in receipt.refused if r.reason != RejectReason.RATE_LIMITED.value]
         if final:
             self.outbox.refuse((r.message_id, r.reason, r.detail) for r in final)

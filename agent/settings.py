@@ -179,6 +179,16 @@ class OutboxSettings(BaseModel):
     receipt_timeout_s: float = Field(default=3600.0, ge=1, le=86_400)
 
 
+class ClockSettings(BaseModel):
+    """Whether measurements wait for a synchronised clock (see agent/clock_trust.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Hold what is measured while the kernel says the clock is unsynchronised, and date
+    # it once it is, or from the collector's receipts; false believes the clock as is.
+    hold_unsynced: bool = True
+
+
 class HeartbeatSettings(BaseModel):
     """Where heartbeat devices report (used only when some device has ``check = "heartbeat"``)."""
 
@@ -214,6 +224,7 @@ class AgentSettings(FileSettings):
     device_report_interval_s: float = Field(default=300.0, ge=5, le=86_400)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    clock: ClockSettings = Field(default_factory=ClockSettings)
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -96,8 +96,11 @@ def decode(  # noqa: PLR0911 - one return per check reads best
 def _check_time(
     kind: TopicKind, message: Envelope, trust: Trust, now: datetime
 ) -> Accepted | Rejection:
-    """``measured_at`` within the window; a Last Will's only in the future (it is stored
-    at its arrival: its payload was written when the agent connected, maybe long ago)."""
+    """``measured_at`` within the window. A Last Will (written when the agent connected,
+    maybe long ago) and a status marked ``clock_synced: false`` are stored at their
+    arrival, so their own time is not checked."""
+    if isinstance(message, AgentStatus) and message.clock_synced is False:
+        return Accepted(kind, message)
     at = message.measured_at
     if at > now + trust.max_future:
         ahead = (at - now).total_seconds()

@@ -310,8 +310,10 @@ class Pipeline:
             return
         message = decoded.message
         batch.lines.extend((line, index) for line in self._points.lines(message, item.arrived_ns))
-        will = isinstance(message, AgentStatus) and message.reason is StatusReason.CONNECTION_LOST
-        if not will:  # a will is stored at its arrival; its measured_at says nothing of lag
+        at_arrival = isinstance(message, AgentStatus) and (
+            message.reason is StatusReason.CONNECTION_LOST or message.clock_synced is False
+        )
+        if not at_arrival:  # stored at its arrival; its measured_at says nothing of lag
             batch.measured[index] = (ns(message.measured_at), message.school_id)
 
     def _numbered(self, report: DevicesReport, numbering: Numbering) -> None:

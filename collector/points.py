@@ -288,7 +288,10 @@ class PointMaker:
             return [speed_line(message, place)]
         if isinstance(message, AgentStatus):
             if message.reason is not StatusReason.CONNECTION_LOST:
-                return [agent_line(message, ns(message.measured_at), place)]
+                # A status sent at once by an agent with a wrong clock: at its arrival.
+                wrong_clock = message.clock_synced is False
+                at = arrived_ns if wrong_clock else ns(message.measured_at)
+                return [agent_line(message, at, place)]
             at = self._wills.stamp(message.message_id, arrived_ns)
             devices = self.book.devices_of(message.school_id)
             return [agent_line(message, at, place), *stale_lines(devices, message, at, place)]

@@ -40,6 +40,7 @@ def make_agent(broker: Mosquitto, topic_root: str, school_id: str, tmp_path: Pat
             status_interval_s=status_interval_s,
             mqtt={"url": broker.url, "topic_root": topic_root},
             speedtest=speedtest,
+            clock={"hold_unsynced": False},  # the fake clock is the agent's clock
         )
         clock = FakeClock(start)
         listener = TopicListener(broker.port, f"{topic_root}/{school_id}/#")

@@ -159,6 +159,8 @@ def test_the_provisioned_agent_bundle_publishes_over_tls(
     assert (bundle.stat().st_mode & 0o777) == 0o600
     env = {
         "SCHOOL_AGENT_STATE_DIR": str(tmp_path / "state"),
+        # No collector here to give the time, and this machine's clock is not NTP-disciplined.
+        "SCHOOL_AGENT_CLOCK__HOLD_UNSYNCED": "false",
         "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed_server.url,
     }
     result = run_agent("run", "--once", "--config", str(bundle), env=env)
@@ -173,6 +175,8 @@ def test_the_agent_refuses_a_broker_certificate_from_another_ca(
     bundle = secure.issued / "schools" / "KZ-A" / "agent.toml"
     env = {
         "SCHOOL_AGENT_STATE_DIR": str(tmp_path / "state"),
+        # No collector here to give the time, and this machine's clock is not NTP-disciplined.
+        "SCHOOL_AGENT_CLOCK__HOLD_UNSYNCED": "false",
         "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed_server.url,
         "SCHOOL_AGENT_MQTT__CA_FILE": str(secure.other_ca),
     }
@@ -189,6 +193,8 @@ def test_insecure_mode_is_explicit_and_warns(
     bundle = secure.issued / "schools" / "KZ-A" / "agent.toml"
     env = {
         "SCHOOL_AGENT_STATE_DIR": str(tmp_path / "state"),
+        # No collector here to give the time, and this machine's clock is not NTP-disciplined.
+        "SCHOOL_AGENT_CLOCK__HOLD_UNSYNCED": "false",
         "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": speed_server.url,
         "SCHOOL_AGENT_MQTT__CA_FILE": str(secure.other_ca),
         "SCHOOL_AGENT_MQTT__TLS_INSECURE": "true",

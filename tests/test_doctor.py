@@ -6,6 +6,8 @@ import json
 
 from localstack import Mosquitto, free_port
 
+from agent.doctor import Verdict, _clock
+from agent.settings import AgentSettings
 from collector.speed_server import SpeedServer
 from tests.support.device_sims import TcpDevice
 from tests.support.services import run_agent
@@ -65,3 +67,24 @@ def test_a_missing_school_id_fails_the_config_check(agent_env: dict[str, str]) -
     assert result.returncode == 1
     assert _lines(result.stdout)["config"].startswith("FAIL")
     assert "school_id: required" in result.stdout
+
+
+class _Sync:
+    def __init__(self, state: bool | None) -> None:
+        self.state = state
+
+    def synchronised(self) -> bool | None:
+        return self.state
+
+
+def test_the_clock_check_says_what_an_unsynchronised_clock_means_for_the_data() -> None:
+    held = AgentSettings(school_id="KZ-1")
+    believed = AgentSettings(school_id="KZ-1", clock={"hold_unsynced": False})
+    assert _clock(held, _Sync(True)).verdict is Verdict.PASS
+    waiting = _clock(held, _Sync(False))
+    assert waiting.verdict is Verdict.WARN
+    assert "wait in the outbox" in waiting.detail
+    wrong = _clock(believed, _Sync(False))
+    assert wrong.verdict is Verdict.FAIL  # results would go out with a wrong time
+    assert "clock.hold_unsynced" in wrong.detail
+    assert _clock(held, _Sync(None)).verdict is Verdict.WARN

@@ -65,6 +65,7 @@ def test_a_hung_main_loop_stops_feeding_the_watchdog(
         state_dir=tmp_path / "state",
         mqtt={"url": broker.url, "topic_root": "watchdog-test/schools"},
         schedule={"startup_test": False, "windows": ["23:00-23:30"], "timezone": "UTC"},
+        clock={"hold_unsynced": False},  # the fake clock is the agent's clock
     )
     notifier = Notifier({"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "2000000"})
     assert notifier.ping_interval_s() == 1.0
