@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TEST_FAILED if failed else 0
     if args.command == "devices":
         try:
-            return check_devices(settings, as_json=args.json)
+            return check_devices(settings, as_json=args.json, config_file=args.config)
         except ConfigError as exc:
             print(f"school-agent: {exc}", file=sys.stderr)
             return EXIT_CONFIG
@@ -147,7 +147,10 @@ def _run(settings: AgentSettings, *, once: bool) -> int:
     print(_describe(summary.speed))
     if summary.devices:
         print(describe_devices(summary.devices))
-    line = f"Published  {summary.messages_acknowledged} messages, all acknowledged by the broker"
+    line = (
+        f"Published  {summary.messages_acknowledged} messages ({summary.published}), all "
+        "acknowledged by the broker"
+    )
     if summary.receipts and summary.unconfirmed:
         line += (
             f"; {summary.unconfirmed} not yet confirmed stored by the collector (they stay in "
@@ -155,6 +158,7 @@ def _run(settings: AgentSettings, *, once: bool) -> int:
         )
     elif summary.receipts:
         line += ", and confirmed stored in InfluxDB by the collector"
+    line += "; then a status 'stopped' as it disconnected"
     print(line)
     return 0
 

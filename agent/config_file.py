@@ -7,6 +7,7 @@ bad setting, both as a file key and as an environment variable.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -93,3 +94,21 @@ def require(settings: object, *keys: str, env_prefix: str) -> None:
             missing.append(f"  {key}: required  [file key {key!r} or environment {env}]")
     if missing:
         raise ConfigError("missing required settings:\n" + "\n".join(missing))
+
+
+def origin(key: str, env_prefix: str, config_file: Path | None) -> str:
+    """Where the dotted setting ``key`` got its value, for a message that names it."""
+    env = env_prefix + key.replace(".", "__").upper()
+    if env in os.environ:
+        return f"from the environment, {env}"
+    if config_file is not None:
+        try:
+            value: Any = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            value = {}
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return f"from {config_file}"
+    read = f"not set in {config_file}" if config_file else "no config file read"
+    return f"the default ({read}, no {env} in the environment)"

@@ -56,6 +56,7 @@ class OnceSummary:
     devices: list[DeviceObservation]
     receipts: bool = False  # the collectors send receipts
     unconfirmed: int = 0  # messages no receipt named within mqtt.ack_timeout_s
+    published: str = ""  # what the messages were, for a person
 
 
 class Agent:
@@ -145,9 +146,13 @@ class Agent:
         try:
             self.clock.wait(0.2, self._wake)  # let the CPU meter average over a moment
             stored = [self._publish_status(StatusReason.STARTED)]
+            what = ["a status 'started'"]
             devices = self.devices.check_once() if self.settings.devices else []
             if devices:
-                stored += self.reporter(devices, full=True)
+                reports = self.reporter(devices, full=True)
+                stored += reports
+                what.append(f"{len(reports)} device report(s) of {len(devices)} device(s)")
+            what.append("a speed result")
             started = time.monotonic()
             report = self._speed_test(progress)
             stored.append(
@@ -159,7 +164,9 @@ class Agent:
             self.publisher.close()
             raise
         self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
-        return OnceSummary(report, len(stored), devices, self.publisher.receipts, unconfirmed)
+        return OnceSummary(
+            report, len(stored), devices, self.publisher.receipts, unconfirmed, ", ".join(what)
+        )
 
     # -- daemon ----------------------------------------------------------
 

@@ -96,7 +96,8 @@ class _Bucket:
 
 
 class Publisher:
-    """Publishes one school's messages through its outbox; the PUBACK is the receipt."""
+    """Publishes one school's messages through its outbox, until the collector's receipt
+    (or, from collectors without receipts, the broker's PUBACK) ends each one's stay."""
 
     def __init__(
         self,
@@ -501,6 +502,8 @@ class Publisher:
             )
             self._receipts_refused = True
             self._announced(receipts=False)
+        else:
+            self._receipts_refused = False  # the retained announcement follows and decides
 
     def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         try:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.command_line import common_options, setup_logging
-from agent.config_file import ConfigError, load_settings
+from agent.config_file import ConfigError, load_settings, origin
 from collector import speed_server
 from collector.settings import ENV_PREFIX, CollectorSettings
 
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument(
         "influxql", help='for example: SELECT * FROM "speed" ORDER BY time DESC LIMIT 5'
     )
-    query.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    query.add_argument("--format", choices=["table", "json"], default="table",
+                       help="output format: an aligned table for people, JSON for programs "
+                       "(default: %(default)s)")  # fmt: skip
     server = commands.add_parser(
         "speed-server",
         help="serve the self-hosted speed-test protocol (Speedtest Mini) for agents",
@@ -118,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: the figures a running collector computed last from its current state "
         "(at most two rollout.interval_s old); without them, computed now from raw points",
     )  # fmt: skip
-    rollout.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rollout.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                         help="table: aligned, for people; csv: for a spreadsheet; json: a "
+                         "list of {metric, region, schools, total, percent} (default: "
+                         "%(default)s)")  # fmt: skip
     simulate = commands.add_parser(
         "simulate",
         parents=[common],
@@ -127,9 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "failures and agent outages; write the registry CSV; send the fleet's last 30 days "
         "through the broker (or straight into InfluxDB) and import the registry.",
     )
-    simulate.add_argument("--schools", type=int, default=7400)
-    simulate.add_argument("--seed", type=int, default=1)
-    simulate.add_argument("--tests-per-day", type=float, default=1.0)
+    simulate.add_argument("--schools", type=int, default=7400,
+                          help="how many schools the fleet has (default: %(default)s, the "
+                          "national size)")  # fmt: skip
+    simulate.add_argument("--seed", type=int, default=1,
+                          help="the random seed: the same seed gives the same fleet and the "
+                          "same 30 days (default: %(default)s)")  # fmt: skip
+    simulate.add_argument("--tests-per-day", type=float, default=1.0,
+                          help="speed tests per school per day (default: %(default)s)")  # fmt: skip
     simulate.add_argument("--registry-out", type=Path, metavar="FILE.csv",
                           help="also write the registry here")  # fmt: skip
     simulate.add_argument(
@@ -242,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return EXIT_CONFIG
     setup_logging(args.log_level or settings.log_level)
     if args.command == "query":
-        return _query(settings, args.influxql, args.format)
+        return _query(settings, args.influxql, args.format, args.config)
     if args.command == "registry":
         return _registry(settings, args)
     if args.command == "rollout":
@@ -311,7 +321,7 @@ def _registry(settings: CollectorSettings, args: argparse.Namespace) -> int:
         print(f"school-collector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except InfluxError as exc:
-        print(f"school-collector: InfluxDB: {exc}", file=sys.stderr)
+        print(f"school-collector: {influx_problem(exc, settings, args.config)}", file=sys.stderr)
         return EXIT_FAILED
     if current is None:
         print("no registry imported yet: school-collector registry import FILE.csv")
@@ -355,7 +365,7 @@ def _retention(settings: CollectorSettings, args: argparse.Namespace) -> int:
             print(_table(["continuous query", "statement"], queries) if queries
                   else "no continuous queries: school-collector retention apply")  # fmt: skip
     except InfluxError as exc:
-        print(f"school-collector: InfluxDB: {exc}", file=sys.stderr)
+        print(f"school-collector: {influx_problem(exc, settings, args.config)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         client.close()
@@ -389,13 +399,17 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
         if rows is None:
             rows = rollout(client, args.at, settings.rollout.rules())
     except InfluxError as exc:
-        print(f"school-collector: InfluxDB: {exc}", file=sys.stderr)
+        print(f"school-collector: {influx_problem(exc, settings, args.config)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         client.close()
     if rows is None:
-        print("school-collector: no registry imported (by then): "
-              "school-collector registry import FILE.csv", file=sys.stderr)  # fmt: skip
+        when = f"by {args.at.isoformat()}" if args.at is not None else "yet"
+        print(f"school-collector: no school registry imported {when} into "
+              f"{settings.influx.database!r} at {settings.influx.url}: the percentages need "
+              "it as their denominator. Run: school-collector registry import FILE.csv "
+              "(or school-collector simulate, for a simulated fleet)",
+              file=sys.stderr)  # fmt: skip
         return EXIT_FAILED
     if args.region:
         rows = [r for r in rows if r.region in (NATIONAL, args.region)]
@@ -471,7 +485,7 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
-def _query(settings: CollectorSettings, influxql: str, fmt: str) -> int:
+def _query(settings: CollectorSettings, influxql: str, fmt: str, config: Path | None) -> int:
     from collector.influx import InfluxError  # noqa: PLC0415
     from collector.influx.query import InfluxQL  # noqa: PLC0415
 
@@ -479,7 +493,8 @@ def _query(settings: CollectorSettings, influxql: str, fmt: str) -> int:
     try:
         found = client.query(influxql, epoch=None)
     except InfluxError as exc:
-        print(f"school-collector: query failed: {exc}", file=sys.stderr)
+        print(f"school-collector: query failed: {influx_problem(exc, settings, config)}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_FAILED
     finally:
         client.close()
@@ -493,6 +508,31 @@ def _query(settings: CollectorSettings, influxql: str, fmt: str) -> int:
         print(f"== {title}")
         print(_table(series.columns, series.values))
     return 0
+
+
+def influx_problem(exc: Exception, settings: CollectorSettings, config: Path | None) -> str:
+    """An InfluxDB error with the settings it came from and what to do about it."""
+    from collector.influx import InfluxUnavailable  # noqa: PLC0415
+
+    url, database = settings.influx.url, settings.influx.database
+    where = (
+        f"InfluxDB at {url} (influx.url: {origin('influx.url', ENV_PREFIX, config)}), "
+        f"database {database!r} (influx.database: "
+        f"{origin('influx.database', ENV_PREFIX, config)})"
+    )
+    text = str(exc)
+    if isinstance(exc, InfluxUnavailable) or "cannot reach" in text:
+        return (
+            f"cannot reach {where}: {text}. Start InfluxDB, or point influx.url at it "
+            "(--config FILE or SCHOOL_COLLECTOR_INFLUX__URL); for the demo's services: "
+            "set -a; . .run/stack/stack.env; set +a"
+        )
+    if "retention policy not found" in text or "database not found" in text:
+        return (
+            f"{where}: {text}. The database is not prepared yet: start the collector once "
+            "(school-collector run prepares it), or run: school-collector retention apply"
+        )
+    return f"{where}: {text}"
 
 
 def _table(columns: list[str], values: list[list[Any]]) -> str:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on this machine: Mosquitto, InfluxDB, the collector, a
-# speed server, and one school's agent measuring for real. Prints what was
-# stored and the InfluxQL that shows it. The services keep running afterwards.
+# speed server, and one school's agent measuring for real; then a simulated
+# fleet with its registry, and the national rollout the ministry reads. Prints
+# what was stored and how to look. The services keep running afterwards.
 #
 #   bash deploy/demo.sh            bring it up and measure
 #   bash deploy/demo.sh stop       stop the services
@@ -44,11 +45,28 @@ done
 status="SELECT status, reason, cpu_percent, memory_percent, disk_percent, uptime_s FROM agent WHERE school_id = '$school' ORDER BY time DESC LIMIT 2"
 echo "   InfluxQL: $status"
 .venv/bin/school-collector query "$status"
+
+fleet="${SCHOOL_MONITOR_DEMO_SCHOOLS:-300}"
+registry="$run_dir/schools.csv"
+echo "== the ministry's view: a simulated fleet of $fleet schools over the last 30 days (written straight into InfluxDB)"
+.venv/bin/school-collector simulate --schools "$fleet" --seed 1 --via influx --registry-out "$registry"
+# This school too, so that its own measurements count and are not refused as unknown.
+echo "$school,\"Demo school, Almaty\",Almaty,Medeu district,urban,43.23800,76.94500,800,60,panic_button;turnstile,yes" >> "$registry"
+echo "== the registry: every school the percentages count ($registry)"
+.venv/bin/school-collector registry import "$registry"
+echo "== the national rollout (school-collector rollout)"
+.venv/bin/school-collector rollout
+region="$(sed -n '2p' "$registry" | python3 -c 'import csv, sys; print(next(csv.reader(sys.stdin))[2])')"
 cat <<EOT
 
 The services are still running. Try:
   set -a; . $run_dir/stack.env; set +a
-  .venv/bin/school-collector query 'SELECT * FROM speed'
+  .venv/bin/school-collector rollout                                  # the national table
+  .venv/bin/school-collector rollout --region '$region' --format csv   # one region, for a spreadsheet
+  .venv/bin/school-collector rollout --format json                    # for programs
+  .venv/bin/school-collector query "SELECT * FROM speed WHERE school_id = '$school'"
   curl -G '$SCHOOL_COLLECTOR_INFLUX__URL/query' --data-urlencode 'db=$SCHOOL_COLLECTOR_INFLUX__DATABASE' --data-urlencode "q=$query"
+Grafana: copy grafana/provisioning/ to /etc/grafana/provisioning/ on a Grafana host
+and point its InfluxDB data source at $SCHOOL_COLLECTOR_INFLUX__URL (grafana/README.md).
 Logs are in $run_dir/*.log. Stop everything with: bash deploy/demo.sh stop
 EOT

@@ -1,7 +1,9 @@
-"""The README's first command: the whole pipeline up locally, one agent measuring for real."""
+"""The README's first command: the whole pipeline up locally, one agent measuring for real,
+a simulated fleet, and the national rollout table."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -20,7 +22,21 @@ def test_demo_brings_the_pipeline_up_and_prints_what_was_stored(tmp_path: Path) 
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
+            check=False,
+        )
+        stack = dict(
+            line.split("=", 1)
+            for line in (tmp_path / "stack" / "stack.env").read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+        as_json = subprocess.run(
+            [".venv/bin/school-collector", "rollout", "--format", "json"],
+            cwd=REPO,
+            env=env | stack,
+            capture_output=True,
+            text=True,
+            timeout=120,
             check=False,
         )
     finally:
@@ -40,5 +56,20 @@ def test_demo_brings_the_pipeline_up_and_prints_what_was_stored(tmp_path: Path) 
     stored = out.split("== speed", 1)[1].splitlines()
     assert "KZ-DEMO-0001  success" in stored[3], out
     assert "online   started" in out
+    assert "Published  2 messages (a status 'started', a speed result)" in out  # what exactly
+    table = out.split("== the national rollout", 1)[1]
+    printed = {
+        cells[0]: (int(cells[2]), int(cells[3]), float(cells[4]))
+        for line in table.splitlines()
+        if len(cells := line.split()) >= 5 and cells[1] == "national"
+    }
+    rows = [row for row in json.loads(as_json.stdout) if row["region"] == "national"]
+    assert len(printed) == len(rows) >= 4, out
+    for row in rows:
+        schools, total, percent = printed[row["metric"]]
+        assert (schools, total) == (row["schools"], row["total"])
+        assert percent == round(row["percent"], 1)
+    assert rows[0]["total"] == 301  # the simulated 300 and the demo's own school
+    assert "rollout --region" in out  # what to try next
     assert stop.returncode == 0
     assert stop.stdout.count("stopped") == 4, stop.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent.config_file import ConfigError
 from agent.contract import DeviceObservation, DeviceState
@@ -12,11 +13,21 @@ from agent.devices.probes import IcmpUnavailable, icmp_mode
 from agent.settings import AgentSettings
 
 
-def check_devices(settings: AgentSettings, *, as_json: bool) -> int:
+def check_devices(
+    settings: AgentSettings, *, as_json: bool, config_file: Path | None = None
+) -> int:
     """Check every active device until it is up or down; print; 0 when all are up."""
     if not settings.devices:
+        read = (
+            f"the config file {config_file}"
+            if config_file is not None
+            else "no config file (give --config /etc/school-agent/agent.toml, or set "
+            "$SCHOOL_AGENT_CONFIG)"
+        )
         print(
-            "school-agent: no devices configured; add [[devices]] tables to the config file",
+            f"school-agent: no devices configured: read {read}, and SCHOOL_AGENT_DEVICES is "
+            "not set. Add a [[devices]] table per device to the config file (README: "
+            "Configuring devices; an example in agent/agent.sample.toml)",
             file=sys.stderr,
         )
         return 2

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.bench.ingest                  # about 15 minutes
     .venv/bin/python -m tests.bench.ingest --backlog 50000 --rates 100,1000
+    .venv/bin/python -m tests.bench.ingest --receipts --backlog 50000 --seconds 60
 
 Everything runs on this machine, on loopback: a Mosquitto broker with the
 shipped settings and an InfluxDB 1.x server (deploy/localstack.py), the
@@ -26,6 +27,12 @@ once (a warm database, as in production), then, in one run:
    ``lag_p50_ms``/``lag_p99_ms`` fields, one value per second) and whether all
    of it arrived. The first rate is the national load at the agent's default
    settings; its collector CPU is the national share of one collector.
+4. **Receipts** (``--receipts``, alone). The same collector with
+   ``mqtt.receipts`` off and on, one after the other, twice: a backlog drained
+   (messages per second, CPU per message) and the national rate live for
+   ``--seconds`` (collector CPU). A subscriber to every school's receipts
+   stands in for the agents, so the broker carries them in and out; it counts
+   the receipts and their bytes.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,7 +52,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import psutil
+from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "deploy"))  # localstack, as pytest's pythonpath gives it
@@ -142,7 +152,9 @@ class Bench:
 
     # -- collectors ------------------------------------------------------
 
-    def start_collectors(self, count: int, phase: str) -> list[psutil.Process]:
+    def start_collectors(
+        self, count: int, phase: str, *, receipts: bool = True
+    ) -> list[psutil.Process]:
         """``count`` collectors with client ids ``<phase>-<n>``."""
         for number in range(1, count + 1):
             env = dict(os.environ) | {
@@ -151,6 +163,7 @@ class Bench:
                 "SCHOOL_COLLECTOR_INFLUX__URL": self.influx.url,
                 "SCHOOL_COLLECTOR_STATS_INTERVAL_S": "1",
                 "SCHOOL_COLLECTOR_LOG_LEVEL": "WARNING",
+                "SCHOOL_COLLECTOR_MQTT__RECEIPTS": "true" if receipts else "false",
             }
             if count > 1:
                 env["SCHOOL_COLLECTOR_MQTT__SHARE_GROUP"] = "bench"
@@ -180,9 +193,9 @@ class Bench:
         """Messages the collectors of ``phase`` stored, by their own counters."""
         return sum(self._last(phase, "stored"))
 
-    def make_sessions(self, count: int, phase: str) -> None:
+    def make_sessions(self, count: int, phase: str, *, receipts: bool = True) -> None:
         """Start and stop the collectors once: their sessions then queue a backlog."""
-        self.start_collectors(count, phase)
+        self.start_collectors(count, phase, receipts=receipts)
         # Counters are written once connected and subscribed.
         _wait(lambda: len(self._last(phase, "received")) >= count, 60, "the collectors")
         time.sleep(1)
@@ -284,12 +297,20 @@ def top_functions(raw: Path, limit: int = 12) -> list[tuple[float, str]]:
     return [(100 * n / max(total, 1), name) for name, n in own.most_common(limit)]
 
 
-def drain_collectors(bench: Bench, backlog: int, count: int, profile: Path | None = None) -> Row:
-    phase = f"drain-{count}"
-    bench.make_sessions(count, phase)
+def drain_collectors(
+    bench: Bench,
+    backlog: int,
+    count: int,
+    profile: Path | None = None,
+    *,
+    receipts: bool = True,
+    phase: str | None = None,
+) -> Row:
+    phase = phase or f"drain-{count}"
+    bench.make_sessions(count, phase, receipts=receipts)
     since = time.time_ns()
     sent = bench.publish(backlog, 0)
-    processes = bench.start_collectors(count, phase)
+    processes = bench.start_collectors(count, phase, receipts=receipts)
     usage = Usage(processes)
     services = {name: Usage([bench.service(name)]) for name in ("mosquitto", "influxdb")}
     first: tuple[float, int] | None = None
@@ -354,30 +375,41 @@ class Step:
     lost_points: int
 
 
-def live(bench: Bench, rates: list[float], seconds: float) -> list[Step]:
-    processes = bench.start_collectors(1, "live")
+def live(
+    bench: Bench,
+    rates: list[float],
+    seconds: float,
+    *,
+    receipts: bool = True,
+    phase: str = "live",
+    settled: Any = None,
+) -> list[Step]:
+    """``settled()`` is called once the retained statuses have passed, before the steps."""
+    processes = bench.start_collectors(1, phase, receipts=receipts)
     # A new subscription brings every school's retained status: let that pass first.
-    _wait(lambda: bench.stored("live") > 0, 60, "the retained statuses")
+    _wait(lambda: bench.stored(phase) > 0, 60, "the retained statuses")
     seen = -1
-    while (now := bench.stored("live")) != seen:
+    while (now := bench.stored(phase)) != seen:
         seen = now
         time.sleep(3)
+    if settled is not None:
+        settled()
     steps = []
     for rate in rates:
         count = max(int(rate * seconds), PUBLISHERS)
         since = time.time_ns()
-        before = bench.stored("live")
+        before = bench.stored(phase)
         usage = Usage(processes)
         started = time.monotonic()
         sent = bench.publish(count, rate)
         published = sent["sent"] / max(sent["seconds"], 1e-6)
-        _wait(lambda: bench.stored("live") - before >= sent["sent"], 300, "the step to be stored")  # noqa: B023
+        _wait(lambda: bench.stored(phase) - before >= sent["sent"], 300, "the step to be stored")  # noqa: B023
         stored_per_s = sent["sent"] / max(time.monotonic() - started, 1e-6)
         cpu = usage.percent()
         time.sleep(1.5)  # the last stats line
         rows = bench.query.query(
             'SELECT "lag_p50_ms", "lag_p99_ms" FROM "collector" '
-            f"WHERE time >= {since} AND \"collector_id\" = 'live-1'"
+            f"WHERE time >= {since} AND \"collector_id\" = '{phase}-1'"
         )
         values = [row for row in (rows[0].values if rows else []) if row[1] is not None]
         p50 = statistics.median(row[1] for row in values) if values else float("nan")
@@ -392,7 +424,111 @@ def live(bench: Bench, rates: list[float], seconds: float) -> list[Step]:
     return steps
 
 
+class ReceiptCounter:
+    """Stands in for the agents: subscribes to every school's receipts, counts them."""
+
+    def __init__(self, port: int) -> None:
+        self._lock = threading.Lock()
+        self._count = self._bytes = 0
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="receipt-counter")
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(f"{DEFAULT_TOPIC_ROOT}/+/receipts", qos=1)
+        self._client.loop_start()
+
+    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        with self._lock:
+            self._count += 1
+            self._bytes += len(message.payload)
+
+    def take(self) -> tuple[int, int]:
+        """Receipts and their payload bytes since the last call."""
+        with self._lock:
+            taken = self._count, self._bytes
+            self._count = self._bytes = 0
+        return taken
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@dataclass
+class ReceiptRow:
+    receipts: bool
+    round: int
+    drain_per_s: float
+    drain_cpu_ms: float  # collector CPU per message while draining
+    drain_receipts: float  # receipts per message drained
+    live_cpu: float  # collector CPU at the national rate, % of a core
+    live_receipts: float  # receipts per message at the national rate
+    receipt_bytes: float  # payload bytes per receipt
+
+
+def receipts_comparison(
+    bench: Bench, backlog: int, national: float, seconds: float
+) -> list[ReceiptRow]:
+    """The collector with receipts off and on, alternately, twice."""
+    counter = ReceiptCounter(bench.broker.port)
+    rows = []
+    try:
+        for round_ in (1, 2):
+            for receipts in (False, True):
+                name = f"{'with' if receipts else 'without'} receipts, round {round_}"
+                print(f"receipts: draining {backlog:,} {name} ...", file=sys.stderr)
+                phase = f"r{round_}{'on' if receipts else 'off'}"
+                counter.take()
+                row = drain_collectors(bench, backlog, 1, receipts=receipts, phase=phase)
+                drained, drained_bytes = counter.take()
+                print(f"receipts: the national rate for {seconds:g} s {name} ...", file=sys.stderr)
+                step = live(
+                    bench, [national], seconds, receipts=receipts, phase=f"l{phase}",
+                    settled=counter.take,  # not the receipts of the retained statuses
+                )[0]  # fmt: skip
+                lived, _ = counter.take()
+                offered = max(int(national * seconds), PUBLISHERS)
+                rows.append(
+                    ReceiptRow(
+                        receipts, round_, row.messages_per_s,
+                        10 * row.consumer_cpu / max(row.messages_per_s, 1e-6),
+                        drained / row.sent, step.collector_cpu, lived / offered,
+                        drained_bytes / max(drained, 1),
+                    )
+                )  # fmt: skip
+    finally:
+        counter.close()
+    return rows
+
+
 # --------------------------------------------------------------- tables --
+
+
+def receipts_table(rows: list[ReceiptRow]) -> str:
+    lines = [
+        (
+            "| receipts | round | drained msg/s | collector CPU per message | receipts per "
+            "message drained | collector CPU at the national rate | receipts per message live "
+            "| bytes per receipt |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {'on' if r.receipts else 'off'} | {r.round} | {r.drain_per_s:,.0f} | "
+        f"{r.drain_cpu_ms:.2f} ms | {r.drain_receipts:.2f} | {r.live_cpu:.1f} % | "
+        f"{r.live_receipts:.2f} | {r.receipt_bytes:.0f} |"
+        for r in rows
+    ]
+    on = [r.drain_per_s for r in rows if r.receipts]
+    off = [r.drain_per_s for r in rows if not r.receipts]
+    ratio = statistics.mean(on) / statistics.mean(off)
+    lines += [
+        "",
+        (
+            f"Throughput with receipts: {100 * ratio:.0f} % of without "
+            f"(goal: at least 85 %: {'met' if ratio >= 0.85 else 'missed'})"
+        ),
+    ]
+    return "\n".join(lines)
 
 
 def capacity_table(rows: list[Row], bare: float) -> str:
@@ -443,7 +579,14 @@ def main() -> int:
                              "the national load (default: %(default)s)")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=20.0, help="each live step (20)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--receipts",
+        action="store_true",
+        help="only compare the collector with receipts off and on (about 12 minutes)",
+    )
     args = parser.parse_args()
+    if args.receipts:
+        return _receipts_only(args.backlog, national, args.seconds)
     rates = [float(rate) for rate in args.rates.split(",")]
     mix = ", ".join(f"{kind} {100 * share:.1f} %" for kind, share in MIX.items())
     print(f"national mix: {mix}; {mean_points_per_message():.2f} points a message",
@@ -510,6 +653,24 @@ def main() -> int:
         figures = {"capacity": [vars(r) for r in rows], "influx_alone": alone,
                    "live": [vars(s) for s in steps], "national_per_s": national}  # fmt: skip
         args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def _receipts_only(backlog: int, national: float, seconds: float) -> int:
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as workdir:
+        bench = Bench(Path(workdir))
+        try:
+            print("warming up: every school's series once ...", file=sys.stderr)
+            bench.warm_up()
+            rows = receipts_comparison(bench, backlog, national, seconds)
+        finally:
+            bench.close()
+    print(
+        f"Receipts: a backlog of {backlog:,} messages of the national mix drained, then the "
+        f"national rate ({national:.1f} messages/s) for {seconds:g} s, by one collector with "
+        "mqtt.receipts off and on, alternately\n"
+    )
+    print(receipts_table(rows))
     return 0
 
 
