@@ -1,6 +1,6 @@
 """The agent's settings: environment ``SCHOOL_AGENT_*`` (``__`` nests) and a TOML file.
 
-Every setting is listed, with its default, in the README and in
+Every setting is listed, with its default, in agent/README.md and in
 ``agent/agent.sample.toml``.
 """
 

@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rollout",
         parents=[common],
         help="rollout percentages, national and per region, from InfluxDB",
-        description="The share of registered schools meeting each target (definitions in the "
-        "README, 'Rollout percentages'), computed from InfluxDB as the dashboards show it.",
+        description="The share of registered schools meeting each target (definitions in "
+        "collector/README.md, 'Rollout percentages'), computed from InfluxDB as the dashboards "
+        "show it.",
     )
     rollout.add_argument("--region", help="only this region (and the national row)")
     rollout.add_argument(
@@ -339,7 +340,8 @@ def _retention(settings: CollectorSettings, args: argparse.Namespace) -> int:
 
     if settings.influx.api != "v1":
         print("school-collector: retention policies and continuous queries are InfluxDB 1.x's; "
-              "on 2.x and 3.x set each bucket's retention (README, 'Retention')",
+              "on 2.x and 3.x set each bucket's retention (collector/README.md, 'Retention and "
+              "summaries')",
               file=sys.stderr)  # fmt: skip
         return EXIT_CONFIG
     plan = retention.Plan.of(settings)

@@ -491,7 +491,7 @@ class Pipeline:
         for school, count in over.most_common(20):
             log.warning(
                 "school %s sent %d message(s) over its budget since the last report: rejected "
-                "as rate_limited; if it goes on, revoke its account (README: Floods)",
+                "as rate_limited; if it goes on, revoke its account (collector/README.md, Floods)",
                 school[:64],
                 count,
             )

@@ -1,6 +1,6 @@
 """The collector's settings: environment ``SCHOOL_COLLECTOR_*`` (``__`` nests) and a TOML file.
 
-Every setting is listed, with its default, in the README and in
+Every setting is listed, with its default, in collector/README.md and in
 ``collector/collector.sample.toml``.
 """
 
@@ -95,7 +95,7 @@ class BatchSettings(BaseModel):
 
 
 class RolloutSettings(BaseModel):
-    """The thresholds of the rollout percentages (README, "Rollout percentages")."""
+    """The thresholds of the rollout percentages (collector/README.md, "Rollout percentages")."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -113,7 +113,7 @@ class RolloutSettings(BaseModel):
 
 
 class StateSettings(BaseModel):
-    """The current state the collector keeps for "now" questions (README, "The current state")."""
+    """The current state the collector keeps for "now" questions (collector/README.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -123,7 +123,7 @@ class StateSettings(BaseModel):
 
 
 class RetentionSettings(BaseModel):
-    """How long InfluxDB keeps raw points and their summaries (README, "Retention")."""
+    """How long InfluxDB keeps raw points and their summaries (collector/README.md)."""
 
     model_config = ConfigDict(extra="forbid")
 

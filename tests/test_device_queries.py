@@ -16,9 +16,10 @@ from agent.contract import (
 from collector.influx.v1 import V1Writer
 from collector.points import PointMaker
 from collector.settings import InfluxSettings
-from tests.support.services import REPO, Influx
+from tests.support import readmes
+from tests.support.services import Influx
 
-README = (REPO / "README.md").read_text()
+README = readmes.combined()
 
 
 def _readme_query(comment: str) -> str:

@@ -1,4 +1,8 @@
-"""The README's tables are the contract: they must list what the code really does."""
+"""The READMEs' tables are the contract: they must list what the code really does.
+
+The root README, agent/README.md, collector/README.md and grafana/README.md are
+read as one text (tests/support/readmes.py); every link in them resolves.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +44,10 @@ from collector.registry import School, SchoolRegistry
 from collector.registry_store import import_registry
 from collector.settings import CollectorSettings, InfluxSettings
 from collector.state_keeper import StateKeeper
-from tests.support.services import REPO, Influx
+from tests.support import readmes
+from tests.support.services import Influx
 
-README = (REPO / "README.md").read_text()
+README = readmes.combined()
 TYPES = {"float": "float", "int": "integer", "string": "string"}
 
 
@@ -268,9 +273,25 @@ def test_every_influxql_example_runs(database: Influx) -> None:
         database.client.query(query)  # raises InfluxQueryError if InfluxDB refuses it
 
 
-def test_sample_config_files_exist_where_the_readme_says(tmp_path: Path) -> None:
-    for path in re.findall(r"\]\(((?:agent|collector|deploy)/[^)]+)\)", README):
-        assert (REPO / path).exists(), path
+def test_every_link_in_every_readme_resolves_to_a_file_and_a_heading() -> None:
+    assert readmes.broken_links() == []
+
+
+def test_the_link_checker_finds_a_broken_file_and_a_broken_heading(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "README.md").write_text(
+        "# Top\n\n## Where to start\n\n[ok](#where-to-start) [ok](agent/README.md#run-it) "
+        "[gone](agent/nothing.py) [no heading](agent/README.md#nowhere) [web](https://x.y/z)\n"
+    )
+    (tmp_path / "agent" / "README.md").write_text("# Agent\n\n## Run it\n\n[up](../README.md)\n")
+    monkeypatch.setattr(readmes, "REPO", tmp_path)
+    monkeypatch.setattr(readmes, "FILES", ("README.md", "agent/README.md"))
+    assert readmes.broken_links() == [
+        "README.md: agent/nothing.py (no such file)",
+        "README.md: agent/README.md#nowhere (no such heading)",
+    ]
 
 
 def _documented_state(name: str) -> dict[str, tuple[str, str]]:

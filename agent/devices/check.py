@@ -26,7 +26,7 @@ def check_devices(
         )
         print(
             f"school-agent: no devices configured: read {read}, and SCHOOL_AGENT_DEVICES is "
-            "not set. Add a [[devices]] table per device to the config file (README: "
+            "not set. Add a [[devices]] table per device to the config file (agent/README.md, "
             "Configuring devices; an example in agent/agent.sample.toml)",
             file=sys.stderr,
         )

@@ -3,9 +3,9 @@
 # and retention policies InfluxQL uses (the collector's rollup, `school-collector
 # query`, Grafana): school_monitor/autogen, the raw points (the bucket's own
 # retention), school_monitor/history, the registry and the rollout
-# percentages, kept for ever (README, "Retention and summaries"), and
+# percentages, kept for ever (collector/README.md, "Retention and summaries"), and
 # school_monitor/state, each school's and device's current state, kept a day
-# (README, "The current state").
+# (collector/README.md, "The current state").
 set -e
 bucket_id=$(influx bucket list --name school_monitor --hide-headers | cut -f 1)
 influx v1 dbrp create --db school_monitor --rp autogen --bucket-id "$bucket_id" --default
