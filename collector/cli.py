@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the collectors' and agents' mqtt.capabilities_topic, where the collectors "
         "announce receipts, for the ACL (default: %(default)s)",
     )
+    _add_report(commands, common)
     routing = commands.add_parser(
         "alert-routing",
         help="write Grafana's contact points and notification policy from a teams file",
@@ -235,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of printing",
     )
     return parser
+
+
+def _add_report(commands: Any, common: argparse.ArgumentParser) -> None:
+    report = commands.add_parser(
+        "report",
+        parents=[common],
+        help="one month as a self-contained HTML report for people who do not open Grafana",
+        description="The rollout nationally and by region against the previous month, the "
+        "trend, the data's coverage, the schools that dropped off or never reported and the "
+        "safety devices down longest, in one HTML file with its charts inline: it opens "
+        "offline. Needs matplotlib (pip install 'school-monitor[report]').",
+    )
+    report.add_argument("--period", metavar="YYYY-MM",
+                        help="the calendar month, UTC (default: this month, up to now)",
+                        )  # fmt: skip
+    report.add_argument("--out", type=Path, metavar="FILE.html",
+                        help="where to write it (default: report-YYYY-MM.html here)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
@@ -260,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return _rollout(settings, args)
     if args.command == "retention":
         return _retention(settings, args)
+    if args.command == "report":
+        return _report(settings, args)
     if args.command == "simulate":
         from collector.simulate import run_simulation  # noqa: PLC0415
 
@@ -400,11 +420,19 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
         rows = _latest_rollout(client, settings) if args.at is None else None
         if rows is None:
             rows = rollout(client, args.at, settings.rollout.rules())
+        prepared = rows is not None or _prepared(client, settings)
     except InfluxError as exc:
         print(f"school-collector: {influx_problem(exc, settings, args.config)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         client.close()
+    if not prepared:
+        print(f"school-collector: the database {settings.influx.database!r} at "
+              f"{settings.influx.url} has no 'history' retention policy: no collector has "
+              "prepared it. Start the collector once (school-collector run prepares it), or run: "
+              "school-collector retention apply; then import a registry (school-collector "
+              "registry import FILE.csv)", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     if rows is None:
         when = f"by {args.at.isoformat()}" if args.at is not None else "yet"
         print(f"school-collector: no school registry imported {when} into "
@@ -433,6 +461,16 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
                   for rec in records]  # fmt: skip
         print(_table(columns, values))
     return 0
+
+
+def _prepared(client: InfluxQL, settings: CollectorSettings) -> bool:
+    """Whether the collector (or ``retention apply``) has made the ``history`` policy."""
+    from collector import retention  # noqa: PLC0415
+    from collector.influx import HISTORY  # noqa: PLC0415
+
+    if settings.influx.api != "v1":
+        return True  # 2.x buckets are made by hand; nothing to check here
+    return any(p.name == HISTORY for p in retention.policies(client, settings.influx.database))
 
 
 def _latest_rollout(client: InfluxQL, settings: CollectorSettings) -> list[Row] | None:
@@ -509,6 +547,50 @@ def _query(settings: CollectorSettings, influxql: str, fmt: str, config: Path | 
         title = series.name + "".join(f" {k}={v}" for k, v in sorted(series.tags.items()))
         print(f"== {title}")
         print(_table(series.columns, series.values))
+    return 0
+
+
+def _report(settings: CollectorSettings, args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401, PLC0415
+
+        from collector.report import Period, ReportError, gather, render  # noqa: PLC0415
+    except ImportError:
+        print("school-collector report: matplotlib is missing; install the report extra: "
+              ".venv/bin/pip install -e '.[report]' (deploy/setup.sh does)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    from collector.influx import InfluxError  # noqa: PLC0415
+    from collector.influx.query import InfluxQL  # noqa: PLC0415
+
+    try:
+        period = Period.parse(args.period or f"{datetime.now(UTC):%Y-%m}")
+    except ReportError as exc:
+        print(f"school-collector report: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    out = args.out or Path(f"report-{period.name}.html")
+    client = InfluxQL(settings.influx)
+    try:
+        report = gather(
+            client, period, settings.rollout.rules(),
+            progress=lambda step: print(f"reading {step} ...", file=sys.stderr),
+        )  # fmt: skip
+    except ReportError as exc:
+        print(f"school-collector report: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except InfluxError as exc:
+        print(f"school-collector report: {influx_problem(exc, settings, args.config)}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    finally:
+        client.close()
+    try:
+        out.write_text(render(report), encoding="utf-8")
+    except OSError as exc:
+        print(f"school-collector report: cannot write {out}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {out}: {period.name}, figures at {report.moment:%Y-%m-%d %H:%M} UTC; open it "
+          "in any browser, offline")  # fmt: skip
     return 0
 
 

@@ -56,6 +56,8 @@ echo "== the registry: every school the percentages count ($registry)"
 .venv/bin/school-collector registry import "$registry"
 echo "== the national rollout (school-collector rollout)"
 .venv/bin/school-collector rollout
+echo "== this month's report for people who do not open Grafana (school-collector report)"
+.venv/bin/school-collector report --out "$run_dir/report.html"
 region="$(sed -n '2p' "$registry" | python3 -c 'import csv, sys; print(next(csv.reader(sys.stdin))[2])')"
 cat <<EOT
 
@@ -64,6 +66,7 @@ The services are still running. Try:
   .venv/bin/school-collector rollout                                  # the national table
   .venv/bin/school-collector rollout --region '$region' --format csv   # one region, for a spreadsheet
   .venv/bin/school-collector rollout --format json                    # for programs
+  xdg-open $run_dir/report.html                                       # the month, offline, one file
   .venv/bin/school-collector query "SELECT * FROM speed WHERE school_id = '$school'"
   curl -G '$SCHOOL_COLLECTOR_INFLUX__URL/query' --data-urlencode 'db=$SCHOOL_COLLECTOR_INFLUX__DATABASE' --data-urlencode "q=$query"
 Grafana: copy grafana/provisioning/ to /etc/grafana/provisioning/ on a Grafana host

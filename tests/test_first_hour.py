@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from localstack import free_port
+from localstack import InfluxDB, free_port
 
+from collector.influx.query import InfluxQL
 from collector.influx.v1 import V1Writer
 from collector.settings import InfluxSettings
 from tests.support.services import REPO, Influx, command_env, unique
@@ -59,16 +60,19 @@ def test_setup_with_npm_unreachable_names_the_command_its_output_and_the_fix(
 
 
 def test_rollout_on_a_database_the_collector_never_prepared_says_what_to_run(
-    database: Influx,
+    influxdb: InfluxDB,
 ) -> None:
-    result = _collector(
-        "rollout",
-        SCHOOL_COLLECTOR_INFLUX__URL=database.url,
-        SCHOOL_COLLECTOR_INFLUX__DATABASE=database.database,
-    )
-    assert result.returncode != 0
-    assert "school-collector retention apply" in result.stderr
-    assert "start the collector once" in result.stderr
+    bare = unique("bare_")
+    InfluxQL(InfluxSettings(url=influxdb.url, database=bare)).query(f'CREATE DATABASE "{bare}"')
+    for args in (["rollout"], ["rollout", "--at", "2026-11-01T00:00:00+00:00"]):
+        result = _collector(
+            *args,
+            SCHOOL_COLLECTOR_INFLUX__URL=influxdb.url,
+            SCHOOL_COLLECTOR_INFLUX__DATABASE=bare,
+        )
+        assert result.returncode != 0
+        assert "school-collector retention apply" in result.stderr, result.stderr
+        assert "start the collector once" in result.stderr.lower()
 
 
 def test_a_query_that_cannot_reach_influxdb_names_the_setting_and_the_demo(
