@@ -1,0 +1,283 @@
+"""Is the school online? Reachability checked every minute, outages kept as intervals.
+
+Every ``connectivity.interval_s`` the agent checks a few targets (a TCP connect,
+an HTTP HEAD, a DNS lookup). A round passes when every target answers. When
+one does not, the round is classified by the most basic layer that failed:
+
+``no_route``
+    the kernel's routing table (``/proc/net/route``) has no default route:
+    the LAN is down, or the PC has no address;
+``gateway``
+    the default gateway does not answer at the link layer: a datagram to it
+    leaves its ARP entry (``/proc/net/arp``) incomplete;
+``dns``
+    the gateway answers, but a name does not resolve;
+``upstream``
+    the gateway answers and names resolve, but a target does not answer:
+    the school's uplink or the internet beyond it.
+
+Consecutive failed rounds with the same cause are one outage: it starts at
+the first failed round and ends at the first round that passes (each within
+one interval of the truth), or where the cause changes. Outages and the
+hour's counts live in a small JSON file in the state directory, so a restart
+loses neither; the time the agent was not running counts as neither up nor
+down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+Cause = Literal["no_route", "gateway", "dns", "upstream"]
+CAUSES: tuple[Cause, ...] = ("no_route", "gateway", "dns", "upstream")
+ROUTES = Path("/proc/net/route")
+ARP = Path("/proc/net/arp")
+ARP_COMPLETE = 0x2
+DISCARD_PORT = 9  # a datagram here makes the kernel resolve the gateway's link address
+
+
+# ------------------------------------------------------------------ probes --
+
+
+def default_gateway(routes: Path = ROUTES) -> tuple[str, str] | None:
+    """(interface, gateway address) of the IPv4 default route, or None without one."""
+    try:
+        lines = routes.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "00000000" and int(fields[3], 16) & 0x2:
+            address = socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
+            return fields[0], address
+    return None
+
+
+def gateway_answers(gateway: str, timeout_s: float, arp: Path = ARP) -> bool:
+    """Whether ``gateway`` answers at the link layer: its ARP entry becomes complete."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.sendto(b"", (gateway, DISCARD_PORT))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if _arp_complete(gateway, arp):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _arp_complete(address: str, arp: Path) -> bool:
+    try:
+        lines = arp.read_text().splitlines()[1:]
+    except OSError:
+        return True  # no ARP table to read (not Linux): cannot blame the gateway
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] == address:
+            return bool(int(fields[2], 16) & ARP_COMPLETE)
+    return False
+
+
+class Target(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def check(self, timeout_s: float) -> str | None:
+        """None when it answered; else what went wrong, starting ``dns:`` when a name did not
+        resolve and ``net:`` otherwise."""
+
+
+@dataclass(frozen=True)
+class TcpTarget:
+    name: str
+    host: str
+    port: int
+
+    def check(self, timeout_s: float) -> str | None:
+        try:
+            addresses = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            return f"dns: {self.host}: {exc.strerror}"
+        family, kind, proto, _, address = addresses[0]
+        with socket.socket(family, kind, proto) as connection:
+            connection.settimeout(timeout_s)
+            try:
+                connection.connect(address)
+            except OSError as exc:
+                return f"net: {self.host}:{self.port}: {exc.strerror or exc}"
+        return None
+
+
+@dataclass(frozen=True)
+class DnsTarget:
+    name: str
+    hostname: str
+
+    def check(self, timeout_s: float) -> str | None:  # noqa: ARG002 - the resolver's own
+        try:
+            socket.getaddrinfo(self.hostname, None)
+        except socket.gaierror as exc:
+            return f"dns: {self.hostname}: {exc.strerror}"
+        return None
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    name: str
+    url: str
+
+    def check(self, timeout_s: float) -> str | None:
+        import httpx  # noqa: PLC0415 - only with an HTTP target
+
+        try:
+            httpx.head(self.url, timeout=timeout_s)
+        except httpx.ConnectError as exc:
+            text = str(exc)
+            hint = "dns" if "Name or service not known" in text or "resolution" in text else "net"
+            return f"{hint}: {self.url}: {text[:120]}"
+        except httpx.HTTPError as exc:
+            return f"net: {self.url}: {type(exc).__name__}"
+        return None  # any HTTP answer, even an error status, means it is reachable
+
+
+# ------------------------------------------------------------------ rounds --
+
+
+@dataclass(frozen=True)
+class Round:
+    at: float  # epoch seconds when it ran
+    cause: Cause | None  # None: every target answered
+    detail: str = ""
+
+
+def check_round(
+    targets: Iterable[Target],
+    timeout_s: float,
+    *,
+    gateway: Callable[[], tuple[str, str] | None] = default_gateway,
+    answers: Callable[[str, float], bool] = gateway_answers,
+    clock: Callable[[], float] = time.time,
+) -> Round:
+    """Check every target; classify a failure by the most basic layer that failed."""
+    at = clock()
+    failures = [(t.name, problem) for t in targets if (problem := t.check(timeout_s))]
+    if not failures:
+        return Round(at, None)
+    detail = "; ".join(f"{name}: {problem}" for name, problem in failures)[:300]
+    route = gateway()
+    if route is None:
+        return Round(at, "no_route", detail)
+    if not answers(route[1], min(timeout_s, 2.0)):
+        return Round(at, "gateway", f"gateway {route[1]} on {route[0]} does not answer")
+    if any(problem.startswith("dns:") for _, problem in failures):
+        return Round(at, "dns", detail)
+    return Round(at, "upstream", detail)
+
+
+# ----------------------------------------------------------------- outages --
+
+
+@dataclass
+class Outage:
+    start: float
+    end: float | None
+    cause: Cause
+    detail: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end or self.start) - self.start
+
+
+@dataclass
+class Hour:
+    """One clock hour's counts (UTC)."""
+
+    start: float
+    checks: int = 0
+    passed: int = 0
+    down_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Ledger:
+    """What the checks found, kept on disk: the open outage, the hour, what awaits sending."""
+
+    interval_s: float
+    open: Outage | None = None
+    hour: Hour | None = None
+    last_round: float | None = None
+    ended: list[Outage] = field(default_factory=list)  # not yet published
+    hours: list[Hour] = field(default_factory=list)  # finished, not yet published
+
+    def record(self, found: Round) -> None:
+        """Add one round's result."""
+        self._roll_hour(found.at)
+        assert self.hour is not None  # noqa: S101 - set by _roll_hour
+        if self.last_round is not None and found.at - self.last_round > 3 * self.interval_s:
+            # The agent was not running: neither up nor down; the last round stood for its interval.
+            self._close(self.last_round + self.interval_s)
+        self.hour.checks += 1
+        if found.cause is None:
+            self.hour.passed += 1
+            self._close(found.at)
+        else:
+            # A round stands for its interval.
+            self.hour.down_s[found.cause] = self.hour.down_s.get(found.cause, 0.0) + self.interval_s
+            if self.open is not None and self.open.cause != found.cause:
+                self._close(found.at)
+            if self.open is None:
+                self.open = Outage(found.at, None, found.cause, found.detail)
+        self.last_round = found.at
+
+    def _close(self, at: float) -> None:
+        if self.open is not None:
+            self.open.end = at
+            self.ended.append(self.open)
+            self.open = None
+
+    def _roll_hour(self, at: float) -> None:
+        start = at - at % 3600
+        if self.hour is not None and self.hour.start != start:
+            self.hours.append(self.hour)
+            self.hour = None
+        if self.hour is None:
+            self.hour = Hour(start)
+
+    def take(self) -> tuple[list[Outage], list[Hour]]:
+        """What ended and what finished since the last call (to publish)."""
+        taken = self.ended, self.hours
+        self.ended, self.hours = [], []
+        return taken
+
+    # -- on disk ---------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(asdict(self)))
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, interval_s: float) -> Ledger:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls(interval_s)
+        outage = data.get("open")
+        hour = data.get("hour")
+        return cls(
+            interval_s,
+            open=Outage(**outage) if outage else None,
+            hour=Hour(**hour) if hour else None,
+            last_round=data.get("last_round"),
+            ended=[Outage(**o) for o in data.get("ended", [])],
+            hours=[Hour(**h) for h in data.get("hours", [])],
+        )

@@ -1,0 +1,129 @@
+"""Connectivity checks: the kernel's tables read right, rounds classified, outages as intervals.
+
+The network namespace tests (a school's uplink cut, its gateway down, DNS
+failing) come with the agent's wiring; these hold the parts to their rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.connectivity import (
+    Ledger,
+    Round,
+    _arp_complete,
+    check_round,
+    default_gateway,
+)
+
+ROUTES = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+"""
+ARP = """IP address       HW type     Flags       HW address            Mask     Device
+192.0.2.1        0x1         0x2         02:fc:00:00:00:05     *        eth0
+192.0.2.9        0x1         0x0         00:00:00:00:00:00     *        eth0
+"""
+
+
+def test_the_default_route_and_its_gateway_come_from_the_kernels_table(tmp_path: Path) -> None:
+    routes = tmp_path / "route"
+    routes.write_text(ROUTES)
+    assert default_gateway(routes) == ("eth0", "192.0.2.1")
+    routes.write_text(ROUTES.splitlines()[0] + "\n" + ROUTES.splitlines()[1] + "\n")
+    assert default_gateway(routes) is None  # a LAN route only: no way out
+
+
+def test_an_incomplete_arp_entry_is_a_gateway_that_does_not_answer(tmp_path: Path) -> None:
+    arp = tmp_path / "arp"
+    arp.write_text(ARP)
+    assert _arp_complete("192.0.2.1", arp)
+    assert not _arp_complete("192.0.2.9", arp)
+    assert not _arp_complete("192.0.2.77", arp)  # never resolved
+
+
+@dataclass(frozen=True)
+class Fake:
+    name: str
+    problem: str | None = None
+
+    def check(self, timeout_s: float) -> str | None:
+        return self.problem
+
+
+def _round(targets: list[Fake], route: bool = True, answers: bool = True) -> Round:
+    return check_round(
+        targets, 1.0,
+        gateway=lambda: ("eth0", "10.0.0.1") if route else None,
+        answers=lambda _gateway, _timeout: answers,
+        clock=lambda: 1000.0,
+    )  # fmt: skip
+
+
+def test_a_failed_round_is_blamed_on_the_most_basic_layer_that_failed() -> None:
+    up, refused = Fake("broker"), Fake("broker", "net: 203.0.113.5:8883: refused")
+    unresolved = Fake("dns", "dns: broker.example: Name or service not known")
+    assert _round([up]).cause is None
+    assert _round([refused]).cause == "upstream"
+    assert _round([up, unresolved]).cause == "dns"
+    assert _round([refused, unresolved], answers=False).cause == "gateway"
+    assert _round([refused, unresolved], route=False).cause == "no_route"
+    assert _round([up], route=False).cause is None  # every target answered: online
+
+
+def test_consecutive_failures_are_one_outage_from_the_first_failed_round_to_the_first_pass() -> (
+    None
+):
+    ledger = Ledger(interval_s=60)
+    for minute in range(10):
+        cause = "upstream" if 3 <= minute < 6 else None
+        ledger.record(Round(7200 + 60 * minute, cause))  # type: ignore[arg-type]
+    outages, hours = ledger.take()
+    assert [(o.start, o.end, o.cause, o.duration_s) for o in outages] == [
+        (7380, 7560, "upstream", 180)
+    ]
+    assert hours == []  # the hour is still running
+    assert ledger.hour is not None
+    assert (ledger.hour.checks, ledger.hour.passed, ledger.hour.down_s) == (
+        10, 7, {"upstream": 180.0},
+    )  # fmt: skip
+
+
+def test_a_change_of_cause_ends_one_outage_and_starts_the_next() -> None:
+    ledger = Ledger(interval_s=60)
+    causes = [None, "upstream", "upstream", "gateway", "gateway", "dns", None]
+    for minute, cause in enumerate(causes):
+        ledger.record(Round(60 * minute, cause))  # type: ignore[arg-type]
+    outages, _ = ledger.take()
+    assert [(o.cause, o.start, o.end) for o in outages] == [
+        ("upstream", 60, 180), ("gateway", 180, 300), ("dns", 300, 360),
+    ]  # fmt: skip
+
+
+def test_an_hour_that_ends_is_handed_over_whole() -> None:
+    ledger = Ledger(interval_s=60)
+    for minute in range(61):
+        ledger.record(Round(60 * minute, "dns" if minute == 5 else None))
+    _, hours = ledger.take()
+    assert [(h.start, h.checks, h.passed, h.down_s) for h in hours] == [(0, 60, 59, {"dns": 60.0})]
+
+
+def test_while_the_agent_was_not_running_counts_as_neither_up_nor_down(tmp_path: Path) -> None:
+    path = tmp_path / "connectivity.json"
+    ledger = Ledger(interval_s=60)
+    ledger.record(Round(0, None))
+    ledger.record(Round(60, "upstream"))
+    ledger.save(path)  # then the PC is switched off for an hour
+    again = Ledger.load(path, interval_s=60)
+    assert again.open is not None
+    again.record(Round(3660, None))
+    outages, hours = again.take()
+    assert [(o.start, o.end) for o in outages] == [(60, 120)]  # its last round, and its minute
+    assert [(h.checks, h.passed) for h in hours] == [(2, 1)]
+
+
+def test_a_damaged_ledger_file_starts_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "connectivity.json"
+    path.write_text("{not json")
+    assert Ledger.load(path, interval_s=60).open is None
