@@ -10,11 +10,13 @@ one does not, the round is classified by the most basic layer that failed:
 ``gateway``
     the default gateway does not answer at the link layer: a datagram to it
     leaves its ARP entry (``/proc/net/arp``) incomplete;
-``dns``
-    the gateway answers, but a name does not resolve;
 ``upstream``
-    the gateway answers and names resolve, but a target does not answer:
-    the school's uplink or the internet beyond it.
+    the gateway answers, but something beyond it does not: the school's
+    uplink or the internet beyond (names may fail too, when their server is
+    out there);
+``dns``
+    the gateway answers and every service does (at the address its name last
+    resolved to), but a name does not resolve.
 
 Consecutive failed rounds with the same cause are one outage: it starts at
 the first failed round and ends at the first round that passes (each within
@@ -28,13 +30,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import struct
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
+
+log = logging.getLogger(__name__)
 
 Cause = Literal["no_route", "gateway", "dns", "upstream"]
 CAUSES: tuple[Cause, ...] = ("no_route", "gateway", "dns", "upstream")
@@ -42,6 +49,7 @@ ROUTES = Path("/proc/net/route")
 ARP = Path("/proc/net/arp")
 ARP_COMPLETE = 0x2
 DISCARD_PORT = 9  # a datagram here makes the kernel resolve the gateway's link address
+GATEWAY_PORT = 53  # a router answers here, or resets
 
 
 # ------------------------------------------------------------------ probes --
@@ -62,16 +70,44 @@ def default_gateway(routes: Path = ROUTES) -> tuple[str, str] | None:
 
 
 def gateway_answers(gateway: str, timeout_s: float, arp: Path = ARP) -> bool:
-    """Whether ``gateway`` answers at the link layer: its ARP entry becomes complete."""
+    """Whether ``gateway`` answers: a TCP connect to its port 53 is accepted or refused
+    (either way the router is there), or else its link-layer address resolves.
+
+    The ARP table alone can mislead: an entry stays "complete" for a while after its
+    router went away, so the connect comes first, and an entry is read only after a
+    datagram made the kernel check it again.
+    """
+    try:
+        with socket.create_connection((gateway, GATEWAY_PORT), timeout=min(timeout_s, 1.0)):
+            return True
+    except ConnectionRefusedError:
+        return True  # a reset: something at that address answered
+    except OSError:
+        pass
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.sendto(b"", (gateway, DISCARD_PORT))
     deadline = time.monotonic() + timeout_s
     while True:
-        if _arp_complete(gateway, arp):
+        state = _neighbour_state(gateway)
+        if state == "REACHABLE" or (state is None and _arp_complete(gateway, arp)):
             return True
-        if time.monotonic() >= deadline:
+        if state in ("FAILED", "INCOMPLETE") or time.monotonic() >= deadline:
             return False
-        time.sleep(0.05)
+        time.sleep(0.1)
+
+
+def _neighbour_state(address: str) -> str | None:
+    """The kernel's reachability state of a neighbour (``ip -j neigh``); None if unknown."""
+    try:
+        answer = subprocess.run(
+            ["ip", "-j", "neigh", "show", "to", address],
+            capture_output=True, text=True, timeout=2, check=False,
+        )  # fmt: skip
+        entries = json.loads(answer.stdout or "[]")
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    states = [state for entry in entries for state in entry.get("state", [])]
+    return states[0] if states else None
 
 
 def _arp_complete(address: str, arp: Path) -> bool:
@@ -95,24 +131,43 @@ class Target(Protocol):
         resolve and ``net:`` otherwise."""
 
 
-@dataclass(frozen=True)
 class TcpTarget:
-    name: str
-    host: str
-    port: int
+    """A TCP connect to ``host:port``. It keeps the address a name last resolved to: when
+    the name no longer resolves, a connect to that address tells a DNS failure (the
+    service still answers there) from the uplink's (nothing beyond the router does)."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self._known: tuple[int, tuple[str, int]] | None = None  # family, address
 
     def check(self, timeout_s: float) -> str | None:
         try:
-            addresses = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            found = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            return f"dns: {self.host}: {exc.strerror}"
-        family, kind, proto, _, address = addresses[0]
-        with socket.socket(family, kind, proto) as connection:
+            if self._known is None:
+                return f"dns: {self.host}: {exc.strerror}"
+            problem = self._connect(*self._known, timeout_s)
+            if problem is None:
+                return f"dns: {self.host}: {exc.strerror} (it answers at {self._known[1][0]})"
+            return f"net: {self.host}: {exc.strerror}, and its last address: {problem}"
+        family, _, _, _, address = found[0]
+        where = (str(address[0]), int(address[1]))
+        problem = self._connect(family, where, timeout_s)
+        if problem is None:
+            self._known = (family, where)
+            return None
+        return f"net: {self.host}:{self.port}: {problem}"
+
+    @staticmethod
+    def _connect(family: int, address: tuple[str, int], timeout_s: float) -> str | None:
+        with socket.socket(family, socket.SOCK_STREAM) as connection:
             connection.settimeout(timeout_s)
             try:
                 connection.connect(address)
             except OSError as exc:
-                return f"net: {self.host}:{self.port}: {exc.strerror or exc}"
+                return str(exc.strerror or exc)
         return None
 
 
@@ -177,9 +232,9 @@ def check_round(
         return Round(at, "no_route", detail)
     if not answers(route[1], min(timeout_s, 2.0)):
         return Round(at, "gateway", f"gateway {route[1]} on {route[0]} does not answer")
-    if any(problem.startswith("dns:") for _, problem in failures):
-        return Round(at, "dns", detail)
-    return Round(at, "upstream", detail)
+    if any(problem.startswith("net:") for _, problem in failures):
+        return Round(at, "upstream", detail)  # (names fail too when their server is beyond)
+    return Round(at, "dns", detail)
 
 
 # ----------------------------------------------------------------- outages --
@@ -281,3 +336,64 @@ class Ledger:
             ended=[Outage(**o) for o in data.get("ended", [])],
             hours=[Hour(**h) for h in data.get("hours", [])],
         )
+
+
+# ----------------------------------------------------------------- monitor --
+
+
+class ConnectivityMonitor:
+    """Runs a round every ``interval_s`` in a thread of its own; what ends goes to ``finished``.
+
+    ``finished(outages, hours)`` receives each outage once it ended and each
+    hour once it is over (the agent publishes them through its outbox). The
+    ledger is saved after every round.
+    """
+
+    def __init__(
+        self,
+        targets: list[Target],
+        interval_s: float,
+        ledger_path: Path,
+        finished: Callable[[list[Outage], list[Hour]], None],
+        *,
+        timeout_s: float = 3.0,
+    ) -> None:
+        self._targets = targets
+        self._interval_s = interval_s
+        self._path = ledger_path
+        self._finished = finished
+        self._timeout_s = timeout_s
+        self.ledger = Ledger.load(ledger_path, interval_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="connectivity", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self._interval_s + 15)
+
+    def run_once(self) -> Round:
+        found = check_round(self._targets, self._timeout_s)
+        self.ledger.record(found)
+        outages, hours = self.ledger.take()
+        if outages or hours:
+            self._finished(outages, hours)
+        self.ledger.save(self._path)
+        if found.cause is not None:
+            log.debug("connectivity check failed: %s (%s)", found.cause, found.detail)
+        return found
+
+    def _run(self) -> None:
+        next_round = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # a bug must not end the checks for good
+                log.exception("a connectivity round failed; carrying on")
+            next_round += self._interval_s
+            if self._stop.wait(max(0.0, next_round - time.monotonic())):
+                break
+            next_round = max(next_round, time.monotonic() - self._interval_s)
