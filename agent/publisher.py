@@ -116,6 +116,7 @@ class Publisher:
         self._settings = settings
         self._time = time_keeper or TimeKeeper(Unchecked())
         self._probes: dict[str, float] = {}  # live status id -> monotonic time sent
+        self._waiting_live: tuple[Envelope, TopicKind] | None = None  # for the next connection
         self.outbox = outbox
         self._plan = plan or OutboxSettings()
         self._school_id = school_id
@@ -282,7 +283,12 @@ class Publisher:
         if isinstance(message, AgentStatus):
             message = message.model_copy(update={"clock_synced": False})
         if not self.connected:
+            with self._changed:  # the newest goes out as soon as the broker answers
+                self._waiting_live = (message, kind)
             return
+        self._publish_live(message, kind)
+
+    def _publish_live(self, message: Envelope, kind: TopicKind) -> None:
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         properties.MessageExpiryInterval = LIVE_EXPIRY_S
         with self._changed:
@@ -489,6 +495,10 @@ class Publisher:
                 (self._settings.capabilities_topic, options),
             ]
         )
+        with self._changed:
+            waiting, self._waiting_live = self._waiting_live, None
+        if waiting is not None:
+            self._publish_live(*waiting)
 
     def _on_subscribe(
         self, _c: paho.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any

@@ -32,7 +32,7 @@ from agent.publisher import Publisher
 from agent.settings import AgentMqttSettings, OutboxSettings
 from tests.conftest import capabilities_topic
 from tests.support.publishing import speed_report
-from tests.support.services import Influx, wait_for
+from tests.support.services import Influx, TopicListener, wait_for
 
 BEHIND = timedelta(days=2)
 
@@ -171,6 +171,34 @@ def test_with_ntp_blocked_the_collectors_receipts_give_the_time(
     status_time = datetime.fromisoformat(rows[0]["time"]).timestamp()
     assert abs(status_time - time.time()) < 60  # at its arrival, not two days ago
     assert _rejected(database) == 0.0
+
+
+def test_a_status_made_before_the_broker_answered_goes_out_once_it_does(
+    broker: Mosquitto, topic_root: str, school_id: str, tmp_path: Path
+) -> None:
+    clock = WrongClock(BEHIND)
+    keeper = TimeKeeper(clock, wall=clock.wall)
+    publisher = Publisher(
+        AgentMqttSettings(url=broker.url, topic_root=topic_root),
+        Outbox(tmp_path / "outbox.db"),
+        school_id=school_id, agent_id="a1", boot_id="0" * 32, version="test",
+        time_keeper=keeper,
+    )  # fmt: skip
+    listener = TopicListener(broker.port, f"{topic_root}/{school_id}/agent")
+    try:
+        status = publisher.status(
+            AgentState.ONLINE, StatusReason.STARTED, _host(), measured_at=clock.now()
+        )
+        assert publisher.publish(status, TopicKind.AGENT) == 0  # not connected yet
+        publisher.start()  # as the daemon does: the connection comes after the first status
+        found = wait_for(
+            lambda: [m for m in listener.snapshot() if m["reason"] == "started"],
+            what="the started status",
+        )
+        assert found[0]["clock_synced"] is False
+    finally:
+        publisher.close()
+        listener.close()
 
 
 def test_what_was_held_across_a_reboot_cannot_be_dated_and_is_counted(tmp_path: Path) -> None:
