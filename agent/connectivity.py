@@ -203,6 +203,40 @@ class HttpTarget:
         return None  # any HTTP answer, even an error status, means it is reachable
 
 
+def parse_target(spec: str) -> Target:
+    """``tcp:HOST:PORT``, ``http:URL`` (a HEAD request) or ``dns:NAME``."""
+    kind, _, rest = spec.partition(":")
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{spec!r}: write tcp:HOST:PORT, for example tcp:broker.edu.kz:8883")
+        return TcpTarget(spec, host.strip("[]"), int(port))
+    if kind == "http":
+        if not rest.startswith(("http://", "https://")):
+            raise ValueError(f"{spec!r}: write http:URL, for example http:http://speed.edu.kz:8080")
+        return HttpTarget(spec, rest)
+    if kind == "dns":
+        if not rest or any(c in rest for c in " /:"):
+            raise ValueError(f"{spec!r}: write dns:NAME, for example dns:broker.edu.kz")
+        return DnsTarget(spec, rest)
+    raise ValueError(f"{spec!r}: a target is tcp:HOST:PORT, http:URL or dns:NAME")
+
+
+def default_targets(broker: tuple[str, int] | None, speed_urls: Iterable[str]) -> list[str]:
+    """What the agent needs to reach: the broker, the self-hosted speed servers, and the
+    broker's name in DNS (when it has one)."""
+    found = []
+    if broker is not None:
+        host, port = broker
+        found.append(f"tcp:{host}:{port}")
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except OSError:
+            found.append(f"dns:{host}")  # a name, not an address
+    found += [f"http:{url}" for url in speed_urls]
+    return found
+
+
 # ------------------------------------------------------------------ rounds --
 
 

@@ -7,6 +7,8 @@ configurable root with one subtree per school::
     <root>/<school_id>/speed     one speed test result            (QoS 1)
     <root>/<school_id>/devices   safety-device states             (QoS 1)
     <root>/<school_id>/agent     agent status, retained; Last Will (QoS 1)
+    <root>/<school_id>/connectivity  an hour's reachability checks     (QoS 1)
+    <root>/<school_id>/outage    one outage, once it ended               (QoS 1)
     <root>/<school_id>/receipts  what the collector stored and refused   (QoS 1, to the agent)
 
 The collector republishes anything it cannot accept as a :class:`DeadLetter`,
@@ -74,6 +76,8 @@ class TopicKind(StrEnum):
     SPEED = "speed"
     DEVICES = "devices"
     AGENT = "agent"
+    CONNECTIVITY = "connectivity"
+    OUTAGE = "outage"
 
 
 def topic_for(root: str, school_id: str, kind: TopicKind) -> str:
@@ -440,10 +444,71 @@ class AgentStatus(Envelope):
         return self
 
 
+# ---------------------------------------------------------- connectivity ----
+
+
+class OutageCause(StrEnum):
+    """The most basic layer that failed (agent/connectivity.py)."""
+
+    NO_ROUTE = "no_route"
+    GATEWAY = "gateway"
+    DNS = "dns"
+    UPSTREAM = "upstream"
+
+
+Seconds = Annotated[float, Field(ge=0, le=31 * 86_400)]
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class ConnectivityReport(Envelope):
+    """Published on ``<root>/<school_id>/connectivity`` once an hour is over.
+
+    ``measured_at`` is the hour's start (UTC). Each check stands for
+    ``interval_s``; ``down_<cause>_s`` add up the failed ones by cause. Hours
+    the agent was not running have no report.
+    """
+
+    interval_s: Annotated[float, Field(gt=0, le=3600)]
+    checks: Count
+    passed: Count
+    down_no_route_s: Seconds = 0.0
+    down_gateway_s: Seconds = 0.0
+    down_dns_s: Seconds = 0.0
+    down_upstream_s: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _passed_within_checks(self) -> Self:
+        if self.passed > self.checks:
+            raise ValueError("passed exceeds checks")
+        return self
+
+
+class OutageReport(Envelope):
+    """Published on ``<root>/<school_id>/outage`` once an outage ended.
+
+    ``measured_at`` is its start: the first failed check; ``ended_at`` the
+    first check that passed again (or the cause changed), each within one
+    check interval of the truth.
+    """
+
+    ended_at: AwareDatetime
+    duration_s: Seconds
+    cause: OutageCause
+    detail: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _ends_after_it_starts(self) -> Self:
+        if self.ended_at < self.measured_at:
+            raise ValueError("ended_at is before measured_at (the outage's start)")
+        return self
+
+
 MESSAGE_MODELS: dict[TopicKind, type[Envelope]] = {
     TopicKind.SPEED: SpeedReport,
     TopicKind.DEVICES: DevicesReport,
     TopicKind.AGENT: AgentStatus,
+    TopicKind.CONNECTIVITY: ConnectivityReport,
+    TopicKind.OUTAGE: OutageReport,
 }
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from agent import __version__
 from agent.broker import BrokerError
@@ -16,10 +16,14 @@ from agent.budget import MB, DataBudget
 from agent.clock import Clock, SystemClock
 from agent.clock_trust import KernelSync, TimeKeeper, Unchecked
 from agent.config_file import ConfigError
+from agent.connectivity import ConnectivityMonitor, Hour, Outage, parse_target
 from agent.contract import (
     AgentState,
     AgentStatus,
+    ConnectivityReport,
     DeviceObservation,
+    OutageCause,
+    OutageReport,
     SpeedMeasurement,
     SpeedReport,
     SpeedResult,
@@ -38,7 +42,7 @@ from agent.identity import ensure_state_dir, load_agent_id, new_boot_id
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.schedule import SpeedSchedule
-from agent.settings import AgentSettings
+from agent.settings import AgentSettings, connectivity_targets
 from agent.speed.progress import Progress
 from agent.speed.runner import SpeedTester
 from agent.watchdog import Notifier
@@ -120,6 +124,18 @@ class Agent:
             now=self.clock.now,
         )
         self.heartbeats = HeartbeatDesk(settings.devices, self.devices.heartbeat)
+        reach = settings.connectivity
+        self.connectivity = (
+            ConnectivityMonitor(
+                [parse_target(spec) for spec in connectivity_targets(settings)],
+                reach.interval_s,
+                state_dir / "connectivity.json",
+                self._publish_connectivity,
+                timeout_s=reach.timeout_s,
+            )
+            if reach.enabled
+            else None
+        )
         self._listeners: list[HeartbeatEndpoint | HeartbeatSubscriber] = []
         self.notifier = notifier or Notifier()
         self._stopping = threading.Event()
@@ -175,6 +191,8 @@ class Agent:
         self._open_listeners()
         self.publisher.start()
         self._start_devices()
+        if self.connectivity is not None:
+            self.connectivity.start()
         now = self.clock.now()
         next_status = now
         if self.settings.schedule.startup_test:
@@ -215,6 +233,8 @@ class Agent:
             if self.clock.wait(pause, self._wake):
                 self._wake.clear()
         self.notifier.stopping()
+        if self.connectivity is not None:
+            self.connectivity.stop()
         self._stop_devices()
         self.publisher.close(self._status(AgentState.OFFLINE, StatusReason.STOPPED))
         log.info("agent stopped")
@@ -302,6 +322,45 @@ class Agent:
 
     def _publish_status(self, reason: StatusReason) -> int:
         return self.publisher.publish(self._status(AgentState.ONLINE, reason), TopicKind.AGENT)
+
+    def _publish_connectivity(self, outages: list[Outage], hours: list[Hour]) -> None:
+        """Each hour that is over and each outage that ended, through the outbox."""
+        for hour in hours:
+            down = {f"down_{cause}_s": seconds for cause, seconds in hour.down_s.items()}
+            report = ConnectivityReport.model_validate(
+                {
+                    "school_id": self.school_id,
+                    "agent_id": self.agent_id,
+                    "measured_at": datetime.fromtimestamp(hour.start, UTC),
+                    "interval_s": self.settings.connectivity.interval_s,
+                    "checks": hour.checks,
+                    "passed": hour.passed,
+                }
+                | down,
+                strict=False,
+            )
+            self.publisher.publish(report, TopicKind.CONNECTIVITY)
+        for outage in outages:
+            ended = outage.end if outage.end is not None else outage.start
+            self.publisher.publish(
+                OutageReport(
+                    school_id=self.school_id,
+                    agent_id=self.agent_id,
+                    measured_at=datetime.fromtimestamp(outage.start, UTC),
+                    ended_at=datetime.fromtimestamp(ended, UTC),
+                    duration_s=max(0.0, ended - outage.start),
+                    cause=OutageCause(outage.cause),
+                    detail=outage.detail[:200] or None,
+                ),
+                TopicKind.OUTAGE,
+            )
+            log.warning(
+                "outage: %s for %.0f s from %s (%s)",
+                outage.cause,
+                ended - outage.start,
+                datetime.fromtimestamp(outage.start, UTC).isoformat(timespec="seconds"),
+                outage.detail[:200],
+            )
 
     def _log_broker_answers(self) -> None:
         acked, refusals, waiting = self.publisher.settle()

@@ -19,6 +19,7 @@ from pydantic_settings import SettingsConfigDict
 
 from agent.broker import BrokerSettings
 from agent.config_file import FileSettings, require
+from agent.connectivity import default_targets, parse_target
 from agent.contract import DEFAULT_CAPABILITIES_TOPIC, DEFAULT_TOPIC_ROOT, AgentId, SchoolId
 from agent.devices.inventory import DeviceConfig, parse_devices, split_address
 from agent.schedule import Window
@@ -189,6 +190,26 @@ class ClockSettings(BaseModel):
     hold_unsynced: bool = True
 
 
+class ConnectivitySettings(BaseModel):
+    """Reachability checked every interval_s; outages kept and published (agent/connectivity.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    interval_s: float = Field(default=60.0, ge=5, le=3600)
+    timeout_s: float = Field(default=3.0, gt=0, le=30)
+    # tcp:HOST:PORT, http:URL (a HEAD) or dns:NAME; empty: the broker, the self-hosted
+    # speed servers and the broker's name.
+    targets: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_parse(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_target(spec)
+        return value
+
+
 class HeartbeatSettings(BaseModel):
     """Where heartbeat devices report (used only when some device has ``check = "heartbeat"``)."""
 
@@ -225,6 +246,7 @@ class AgentSettings(FileSettings):
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     clock: ClockSettings = Field(default_factory=ClockSettings)
+    connectivity: ConnectivitySettings = Field(default_factory=ConnectivitySettings)
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -234,3 +256,14 @@ class AgentSettings(FileSettings):
     def require_for_run(self) -> None:
         """The daemon needs to know who it is and where to publish."""
         require(self, "school_id", "mqtt.url", env_prefix=ENV_PREFIX)
+
+
+def connectivity_targets(settings: AgentSettings) -> list[str]:
+    """The targets set, or those the agent needs: its broker, speed servers, their names."""
+    if settings.connectivity.targets:
+        return list(settings.connectivity.targets)
+    broker = None
+    if settings.mqtt.url is not None:
+        address = settings.mqtt.address()
+        broker = (address.host, address.port)
+    return default_targets(broker, settings.speedtest.self_hosted_urls())

@@ -369,12 +369,23 @@ def ground_truth(
     }
 
 
+def _speed_truths(mean: float, students: int | None, rules: Rules) -> set[str]:
+    """The 20 Mbps standard, the ITU's per-student one, and Giga's categories."""
+    found = {"meets_standard"} if mean >= rules.threshold_mbps - EPSILON else set()
+    standard = rules.threshold_mbps
+    if students is not None and students > rules.per_student_from:
+        standard = max(standard, rules.per_student_kbps * students / 1000)
+    if mean >= standard - EPSILON:
+        return found | {"meets_per_student_standard", "giga_good"}
+    return found | {"giga_moderate" if mean >= 1.0 - EPSILON else "giga_bad"}
+
+
 def _truths(record: SchoolRecord, at: datetime, rules: Rules, devices_at: datetime) -> set[str]:
     found: set[str] = set()
     window = at - timedelta(days=rules.speed_window_days)
     good = [(t, d) for t, d in record.downloads if d is not None and window < t <= at]
-    if good and sum(d for _, d in good) / len(good) >= rules.threshold_mbps - EPSILON:
-        found.add("meets_standard")
+    if good:
+        found |= _speed_truths(sum(d for _, d in good) / len(good), record.school.students, rules)
     if good and max(good)[1] >= rules.threshold_mbps - EPSILON:
         found.add("meets_standard_latest")
     reports = [t for t, _ in record.downloads if t <= at]

@@ -17,10 +17,12 @@ from datetime import datetime
 from agent.contract import (
     AgentState,
     AgentStatus,
+    ConnectivityReport,
     DeviceResult,
     DevicesReport,
     DeviceState,
     Envelope,
+    OutageReport,
     SpeedReport,
     StatusReason,
 )
@@ -31,6 +33,8 @@ SPEED = "speed"
 AGENT = "agent"
 DEVICE = "device"
 DEVICE_REPORT = "device_report"
+CONNECTIVITY = "connectivity"
+OUTAGE = "outage"
 COLLECTOR = "collector"
 COLLECTOR_REJECTIONS = "collector_rejections"
 COLLECTOR_RATE_LIMITED = "collector_rate_limited"
@@ -181,6 +185,51 @@ def agent_line(status: AgentStatus, at_ns: int, place: Place = NOWHERE) -> str:
     return encode(AGENT, tags, fields, at_ns)
 
 
+def _where(message: Envelope, place: Place) -> dict[str, str | None]:
+    """The tags every point of a school's agent carries."""
+    return {
+        "school_id": message.school_id,
+        "region": place.region,
+        "district": place.district,
+        "agent_id": message.agent_id,
+    }
+
+
+def connectivity_line(report: ConnectivityReport, place: Place = NOWHERE) -> str:
+    """An hour's reachability checks, at the hour's start."""
+    return encode(
+        CONNECTIVITY,
+        _where(report, place),
+        {
+            "checks": report.checks,
+            "passed": report.passed,
+            "availability": report.passed / report.checks if report.checks else None,
+            "interval_s": float(report.interval_s),
+            "down_no_route_s": float(report.down_no_route_s),
+            "down_gateway_s": float(report.down_gateway_s),
+            "down_dns_s": float(report.down_dns_s),
+            "down_upstream_s": float(report.down_upstream_s),
+            "message_id": report.message_id,
+        },
+        ns(report.measured_at),
+    )
+
+
+def outage_line(report: OutageReport, place: Place = NOWHERE) -> str:
+    """One outage, at its start."""
+    return encode(
+        OUTAGE,
+        _where(report, place) | {"cause": report.cause.value},
+        {
+            "duration_s": float(report.duration_s),
+            "ended_at_ms": ns(report.ended_at) // 1_000_000,
+            "detail": text(report.detail) if report.detail is not None else None,
+            "message_id": report.message_id,
+        },
+        ns(report.measured_at),
+    )
+
+
 def device_lines(report: DevicesReport, place: Place = NOWHERE) -> list[str]:
     """A ``device`` point per device, and one ``device_report`` point for the report.
 
@@ -295,6 +344,10 @@ class PointMaker:
             at = self._wills.stamp(message.message_id, arrived_ns)
             devices = self.book.devices_of(message.school_id)
             return [agent_line(message, at, place), *stale_lines(devices, message, at, place)]
+        if isinstance(message, ConnectivityReport):
+            return [connectivity_line(message, place)]
+        if isinstance(message, OutageReport):
+            return [outage_line(message, place)]
         if isinstance(message, DevicesReport):
             numbering = self.book.remember(message)
             if self._on_numbering is not None:

@@ -19,7 +19,7 @@ from collector.influx.query import InfluxQL
 from collector.line_protocol import FieldValue, encode
 from collector.registry import School, SchoolRegistry
 from collector.registry_store import load_registry
-from collector.rollout_rules import Rules
+from collector.rollout_rules import GIGA_MODERATE_FROM_MBPS, Rules
 
 ROLLOUT = "rollout"
 # The schools the ministry chases, listed by the rollup on every run (raw retention).
@@ -36,6 +36,12 @@ SAFETY_KINDS = (DeviceKind.PANIC_BUTTON, DeviceKind.TURNSTILE, DeviceKind.POLICE
 DEFINITIONS: dict[str, str] = {
     "meets_standard": "30-day average download of successful tests >= the threshold",
     "meets_standard_latest": "the latest successful test in 30 days >= the threshold",
+    "meets_per_student_standard": "30-day average download >= the school's standard: the "
+    "threshold, or 50 kbps per student above 400 students when that is more",
+    "giga_good": "30-day average download at or above the school's standard (Giga: good)",
+    "giga_moderate": "30-day average download from 1 Mbps up to the school's standard "
+    "(Giga: moderate)",
+    "giga_bad": "30-day average download below 1 Mbps (Giga: bad)",
     "reporting": "a speed result (any result) in the last 7 days",
     "live": "the last speed result at most 21 days ago",
     "at_risk": "the last speed result 21 to 28 days ago",
@@ -107,12 +113,21 @@ def read_facts(ql: InfluxQL, at: datetime, rules: Rules) -> Facts:
     return facts
 
 
+def _speed_metrics(mean: float | None, students: int | None, rules: Rules) -> set[str]:
+    """What a school's 30-day average download says: the standards, Giga's category (none
+    without a successful test in the window)."""
+    if mean is None:
+        return set()
+    found = {"meets_standard"} if mean >= rules.threshold_mbps - EPSILON else set()
+    if mean >= rules.standard_mbps(students) - EPSILON:
+        return found | {"meets_per_student_standard", "giga_good"}
+    return found | {"giga_moderate" if mean >= GIGA_MODERATE_FROM_MBPS - EPSILON else "giga_bad"}
+
+
 def school_metrics(school: School, facts: Facts, at: datetime, rules: Rules) -> set[str]:
     """The metrics this school counts towards."""
     sid = school.school_id
-    found: set[str] = set()
-    if facts.mean_download.get(sid, -1.0) >= rules.threshold_mbps - EPSILON:
-        found.add("meets_standard")
+    found = _speed_metrics(facts.mean_download.get(sid), school.students, rules)
     if facts.latest_download.get(sid, -1.0) >= rules.threshold_mbps - EPSILON:
         found.add("meets_standard_latest")
     last = facts.last_report.get(sid)

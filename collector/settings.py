@@ -107,6 +107,8 @@ class RolloutSettings(BaseModel):
     live_days: float = Field(default=21.0, gt=0, le=366)
     dropped_days: float = Field(default=28.0, gt=0, le=366)
     device_fresh_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+    per_student_kbps: float = Field(default=50.0, ge=0, le=100_000)
+    per_student_from: int = Field(default=400, ge=0, le=1_000_000)
 
     def rules(self) -> Rules:
         return Rules(**self.model_dump(exclude={"interval_s"}))

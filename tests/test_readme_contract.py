@@ -18,12 +18,16 @@ from pydantic import BaseModel
 from agent.contract import (
     AgentState,
     AgentStatus,
+    ConnectivityReport,
     DeviceKind,
     DeviceObservation,
     DevicesReport,
     DeviceState,
+    Envelope,
     HeartbeatCounts,
     HostHealth,
+    OutageCause,
+    OutageReport,
     OutboxCounts,
     RejectionCounts,
     RejectReason,
@@ -111,7 +115,7 @@ def _documented_measurement(name: str) -> dict[str, tuple[str, str]]:
     return keys
 
 
-def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
+def _sample_messages() -> list[Envelope]:
     """One message of every kind, with every optional field filled, plus a failed test."""
     at = datetime(2026, 11, 22, 6, tzinfo=UTC)
     server = SpeedServer(kind=ServerKind.SELF_HOSTED, id="s", name="s", url="http://s")
@@ -200,6 +204,27 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
             version="1",
             boot_id="0" * 32,
         ),
+        ConnectivityReport(
+            school_id="KZ-1",
+            agent_id="a1",
+            measured_at=at,
+            interval_s=60.0,
+            checks=60,
+            passed=57,
+            down_no_route_s=0.0,
+            down_gateway_s=60.0,
+            down_dns_s=0.0,
+            down_upstream_s=120.0,
+        ),
+        OutageReport(
+            school_id="KZ-1",
+            agent_id="a1",
+            measured_at=at,
+            ended_at=at.replace(minute=3),
+            duration_s=180.0,
+            cause=OutageCause.UPSTREAM,
+            detail="tcp broker: refused",
+        ),
     ]
 
 
@@ -210,6 +235,8 @@ def _sample_messages() -> list[SpeedReport | AgentStatus | DevicesReport]:
         "agent",
         "device",
         "device_report",
+        "connectivity",
+        "outage",
         "collector",
         "collector_rejections",
         "collector_rate_limited",

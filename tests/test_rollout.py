@@ -19,16 +19,19 @@ from collector.fleet import Fleet, generate, ground_truth, messages, write_direc
 from collector.influx import make_history_writer, make_writer
 from collector.influx.query import InfluxQL
 from collector.influx.v1 import V1Writer
-from collector.registry import SchoolRegistry
+from collector.registry import School, SchoolRegistry
 from collector.rollout import (
     CHASE,
     DEFINITIONS,
     NATIONAL,
     ROLLOUT_SCHOOL,
+    Facts,
     Row,
     rollout,
     rollout_lines,
+    school_metrics,
 )
+from collector.rollout_rules import Rules
 from collector.rollup import Rollup
 from collector.settings import CollectorSettings, InfluxSettings
 from tests.conftest import start_collector
@@ -241,3 +244,36 @@ def test_the_simulator_publishes_through_the_broker_and_collector(
     assert database.count("speed") == speeds
     assert len(SchoolRegistry.load(registry_csv)) == 60
     assert f"{sum(1 for _ in messages(expected))} messages published" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("students", "standard"),
+    [(None, 20.0), (300, 20.0), (400, 20.0), (401, 20.05), (1000, 50.0)],
+)
+def test_the_per_student_standard_binds_only_above_400_students(
+    students: int | None, standard: float
+) -> None:
+    assert Rules().standard_mbps(students) == pytest.approx(standard)
+
+
+@pytest.mark.parametrize(
+    ("students", "mean", "expected"),
+    [
+        (401, 20.04, {"meets_standard", "giga_moderate"}),  # 20 Mbps met, 20.05 not
+        (401, 20.05, {"meets_standard", "meets_per_student_standard", "giga_good"}),
+        (400, 20.0, {"meets_standard", "meets_per_student_standard", "giga_good"}),
+        (None, 19.0, {"giga_moderate"}),
+        (1000, 0.5, {"giga_bad"}),
+        (1000, None, set()),  # no successful test in the window: no category
+    ],
+)
+def test_giga_categories_and_the_per_student_standard_on_their_edges(
+    students: int | None, mean: float | None, expected: set[str]
+) -> None:
+    school = School("KZ-1", "Almaty", "School 1", students=students)
+    facts = Facts()
+    if mean is not None:
+        facts.mean_download["KZ-1"] = mean
+    speed = {"meets_standard", "meets_per_student_standard", "giga_good", "giga_moderate",
+             "giga_bad"}  # fmt: skip
+    assert school_metrics(school, facts, NOW, Rules()) & speed == expected

@@ -250,6 +250,11 @@ def drain(workdir: Path, backlog: int, options: Options) -> Result:  # noqa: PLR
         times = process.cpu_times()
         busy = times.user + times.system - cpu_before.user - cpu_before.system
         cpu = 100 * busy / (end - (first[0] if first else started))
+        # The counter also counts repeats (a message the broker delivered twice): it can
+        # reach the backlog before the last real messages are in. Wait for the points.
+        settle = time.monotonic() + 60
+        while bench.points_since(since) < sent["points"] and time.monotonic() < settle:
+            time.sleep(2)
         time.sleep(0.5)
         sampler.stop()
         if first is None or stored <= first[1]:
