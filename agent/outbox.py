@@ -220,13 +220,7 @@ class Outbox:
         removed = 0
         with self._lock, self._transaction():
             for message_id in wanted:
-                row = self._db.execute(
-                    "DELETE FROM outbox WHERE id = ? RETURNING length(payload)", (message_id,)
-                ).fetchone()
-                if row is not None:
-                    removed += 1
-                    self._count -= 1
-                    self._bytes -= row[0]
+                removed += len(self._forget("id", message_id))
         return removed
 
     def contains(self, message_id: int) -> bool:
@@ -258,13 +252,8 @@ class Outbox:
         removed, latest = 0, None
         with self._lock, self._transaction():
             for message_id in message_ids:
-                for size, acked_at in self._db.execute(
-                    "DELETE FROM outbox WHERE message_id = ? RETURNING length(payload), acked_at",
-                    (message_id,),
-                ).fetchall():
+                for acked_at in self._forget("message_id", message_id):
                     removed += 1
-                    self._count -= 1
-                    self._bytes -= size
                     if acked_at is not None and (latest is None or acked_at > latest):
                         latest = acked_at
             if removed:
@@ -284,15 +273,8 @@ class Outbox:
                 self._add_counter(f"refused:{reason}", 1)
                 last = {"reason": reason, "detail": detail, "message_id": message_id}
                 self._set_fact("last_refusal", json.dumps(last | {"at": self._clock()}))
-                if message_id is None:
-                    continue
-                for (size,) in self._db.execute(
-                    "DELETE FROM outbox WHERE message_id = ? RETURNING length(payload)",
-                    (message_id,),
-                ).fetchall():
-                    removed += 1
-                    self._count -= 1
-                    self._bytes -= size
+                if message_id is not None:
+                    removed += len(self._forget("message_id", message_id))
         return removed
 
     def release_acked(self) -> int:
@@ -372,13 +354,7 @@ class Outbox:
         removed = 0
         with self._lock, self._transaction():
             for message_id in ids:
-                row = self._db.execute(
-                    "DELETE FROM outbox WHERE id = ? RETURNING length(payload)", (message_id,)
-                ).fetchone()
-                if row is not None:
-                    removed += 1
-                    self._count -= 1
-                    self._bytes -= row[0]
+                removed += len(self._forget("id", message_id))
             if removed:
                 self._add_counter("undatable", removed)
         return removed
@@ -439,6 +415,18 @@ class Outbox:
         if dropped:
             self._count -= dropped
             self._add_counter("dropped", dropped)
+
+    def _forget(self, column: str, value: object) -> list[float | None]:
+        """Delete the rows whose ``column`` (``id`` or ``message_id``) is ``value``, keeping
+        the counts; return each one's PUBACK time."""
+        rows = self._db.execute(
+            f"DELETE FROM outbox WHERE {column} = ? RETURNING length(payload), acked_at",  # noqa: S608
+            (value,),
+        ).fetchall()
+        for size, _ in rows:
+            self._count -= 1
+            self._bytes -= size
+        return [acked_at for _, acked_at in rows]
 
     def _add_counter(self, name: str, amount: int) -> None:
         self._db.execute(

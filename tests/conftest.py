@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from localstack import InfluxDB, Mosquitto, Process, ensure_installed, free_port
 
+from agent.publisher import Publisher
 from collector.influx.v1 import V1Writer
 from collector.settings import InfluxSettings
 from collector.speed_server import SpeedServer
@@ -80,6 +81,15 @@ def capabilities_topic(topic_root: str) -> str:
 @pytest.fixture
 def school_id() -> str:
     return unique("KZ-")
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[Publisher]]:
+    """Publishers a test starts, closed after it: append each one made."""
+    made: list[Publisher] = []
+    yield made
+    for publisher in made:
+        publisher.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ InfluxDB are real.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from agent.contract import (
     DeviceObservation,
     DevicesReport,
     DeviceState,
-    HostHealth,
     SpeedReport,
     StatusReason,
     TopicKind,
@@ -31,7 +29,7 @@ from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.settings import AgentMqttSettings, OutboxSettings
 from tests.conftest import capabilities_topic
-from tests.support.publishing import speed_report
+from tests.support.publishing import host_health, speed_report
 from tests.support.services import Influx, TopicListener, wait_for
 
 BEHIND = timedelta(days=2)
@@ -57,14 +55,6 @@ class WrongClock:
         """NTP reached: the clock jumps to the right time and the kernel says so."""
         self.behind = timedelta(0)
         self.synced = True
-
-
-@pytest.fixture
-def publishers() -> Iterator[list[Publisher]]:
-    made: list[Publisher] = []
-    yield made
-    for publisher in made:
-        publisher.close()
 
 
 def _publisher(
@@ -155,7 +145,7 @@ def test_with_ntp_blocked_the_collectors_receipts_give_the_time(
     publisher.publish(report, TopicKind.SPEED)
     assert outbox.stats().held == 1
     status = publisher.status(
-        AgentState.ONLINE, StatusReason.HEARTBEAT, _host(), measured_at=clock.now()
+        AgentState.ONLINE, StatusReason.HEARTBEAT, host_health(), measured_at=clock.now()
     )
     assert status.clock_synced is False
     assert publisher.publish(status, TopicKind.AGENT) == 0  # sent at once, not kept
@@ -187,7 +177,7 @@ def test_a_status_made_before_the_broker_answered_goes_out_once_it_does(
     listener = TopicListener(broker.port, f"{topic_root}/{school_id}/agent")
     try:
         status = publisher.status(
-            AgentState.ONLINE, StatusReason.STARTED, _host(), measured_at=clock.now()
+            AgentState.ONLINE, StatusReason.STARTED, host_health(), measured_at=clock.now()
         )
         assert publisher.publish(status, TopicKind.AGENT) == 0  # not connected yet
         publisher.start()  # as the daemon does: the connection comes after the first status
@@ -250,10 +240,3 @@ def test_a_receipt_that_took_long_to_come_back_does_not_set_the_time() -> None:
 
 def test_the_kernel_answers_whether_this_clock_is_synchronised() -> None:
     assert KernelSync().synchronised() in (True, False)  # adjtimex(2) read, not a guess
-
-
-def _host() -> HostHealth:
-    return HostHealth(
-        cpu_percent=1.0, memory_percent=1.0, memory_available_bytes=1, disk_percent=1.0,
-        disk_free_bytes=1, uptime_s=1,
-    )  # fmt: skip

@@ -11,7 +11,6 @@ from localstack import Mosquitto, free_port
 
 from agent.contract import (
     AgentState,
-    HostHealth,
     SpeedMeasurement,
     SpeedReport,
     SpeedResult,
@@ -21,6 +20,7 @@ from agent.contract import (
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.settings import AgentMqttSettings, OutboxSettings
+from tests.support.publishing import host_health
 from tests.support.services import TopicListener, unique, wait_for
 
 
@@ -148,21 +148,10 @@ def test_the_agent_status_reports_the_outbox_and_its_drops(tmp_path: Path) -> No
     )  # never started: nothing leaves the outbox
     for number in range(10):
         publisher.publish(_report("KZ-1", number), TopicKind.SPEED)
-    status = publisher.status(AgentState.ONLINE, StatusReason.HEARTBEAT, _host())
+    status = publisher.status(AgentState.ONLINE, StatusReason.HEARTBEAT, host_health())
     assert status.outbox is not None
     assert status.outbox.messages == outbox.stats().messages < 10
     assert status.outbox.dropped == 10 - status.outbox.messages
     assert status.outbox.bytes <= 2000
     offline = publisher.status(AgentState.OFFLINE, StatusReason.CONNECTION_LOST)
     assert offline.outbox is None  # the Last Will is written long before it fires
-
-
-def _host() -> HostHealth:
-    return HostHealth(
-        cpu_percent=1.0,
-        memory_percent=1.0,
-        memory_available_bytes=1,
-        disk_percent=1.0,
-        disk_free_bytes=1,
-        uptime_s=1,
-    )

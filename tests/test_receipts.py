@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from localstack import Mosquitto, Process
 
-from agent.contract import AgentState, HostHealth, SpeedReport, StatusReason, TopicKind
+from agent.contract import AgentState, SpeedReport, StatusReason, TopicKind
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.settings import AgentMqttSettings, OutboxSettings
 from tests.conftest import capabilities_topic, start_collector
-from tests.support.publishing import speed_report
+from tests.support.publishing import host_health, speed_report
 from tests.support.services import (
     Influx,
     collector_process,
@@ -29,14 +28,6 @@ from tests.support.services import (
     run_agent,
     wait_for,
 )
-
-
-@pytest.fixture
-def publishers() -> Iterator[list[Publisher]]:
-    made: list[Publisher] = []
-    yield made
-    for publisher in made:
-        publisher.close()
 
 
 def _publisher(
@@ -106,7 +97,7 @@ def test_a_message_acknowledged_by_the_broker_stays_until_its_receipt(
     delivery = outbox.delivery()
     assert delivery.confirmed == 5
     assert delivery.last_stored_at is not None
-    status = publisher.status(AgentState.ONLINE, StatusReason.HEARTBEAT, _host())
+    status = publisher.status(AgentState.ONLINE, StatusReason.HEARTBEAT, host_health())
     assert status.last_stored_at is not None
     assert status.outbox is not None
     assert (status.outbox.awaiting_broker, status.outbox.awaiting_receipt) == (0, 0)
@@ -172,7 +163,7 @@ def test_a_refused_message_reaches_the_schools_status_log_and_doctor(
     logged = [r for r in caplog.records if "refused a message" in r.getMessage()]
     assert len(logged) == 1  # a reason is logged at most once an hour
 
-    status = publisher.status(AgentState.ONLINE, StatusReason.HEARTBEAT, _host())
+    status = publisher.status(AgentState.ONLINE, StatusReason.HEARTBEAT, host_health())
     assert status.rejections is not None
     assert status.rejections.by_reason == {"schema_violation": 2}
     assert status.rejections.last_reason == "schema_violation"
@@ -259,15 +250,4 @@ def _devices_payload(school_id: str, *, label: str) -> str:
             "full": True,
             "devices": [device],
         }
-    )
-
-
-def _host() -> HostHealth:
-    return HostHealth(
-        cpu_percent=1.0,
-        memory_percent=1.0,
-        memory_available_bytes=1,
-        disk_percent=1.0,
-        disk_free_bytes=1,
-        uptime_s=1,
     )
