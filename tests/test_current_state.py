@@ -28,8 +28,6 @@ from tests.conftest import start_collector
 from tests.support.publishing import SchoolPublisher, speed_report
 from tests.support.services import Influx, collector_process, command_env, wait_for
 
-NOW = datetime.now(UTC).replace(microsecond=0)
-
 # Each school_state field and the raw InfluxQL whose answer it stands for, at the same moment.
 RAW: dict[str, str] = {
     "download_mean_mbps": 'SELECT mean("download_mbps") FROM "speed" WHERE "result" = '
@@ -112,14 +110,14 @@ def same(state: dict[str, Any], raw: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fleet() -> Fleet:
-    return generate(300, now=NOW, seed=13, tests_per_day=1.0)
+    return generate(300, now=datetime.now(UTC).replace(microsecond=0), seed=13, tests_per_day=1.0)
 
 
 def test_the_state_of_a_simulated_fleet_equals_its_raw_points(
     fleet: Fleet, database: Influx, request: pytest.FixtureRequest
 ) -> None:
     influx = InfluxSettings(url=database.url, database=database.database)
-    write_direct(fleet, V1Writer(influx), influx, registry_at=NOW - timedelta(hours=1))
+    write_direct(fleet, V1Writer(influx), influx, registry_at=fleet.now - timedelta(hours=1))
     keeper = StateKeeper(CollectorSettings(influx=influx))
     request.addfinalizer(keeper.stop)
     assert keeper.tick() > 0
@@ -309,7 +307,7 @@ def test_old_dated_points_make_a_bounded_read_again() -> None:
     """A school sending points 59 days old (an outbox, or a hostile school) is read again
     from then for speed results only; agent rows only since its latest agent values."""
     state = CurrentState()
-    at = ns(NOW)
+    at = ns(datetime.now(UTC))
     minute = 60 * NS
     for name in AGENT_FIELDS:
         state.school("KZ-OLD", "Almaty").add_agent(name, at - minute, 1)

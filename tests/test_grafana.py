@@ -37,43 +37,43 @@ from tests.support.grafana_alerts import NO_VALUE, Instance, RuleError, evaluate
 from tests.support.services import REPO, Influx
 
 GRAFANA = REPO / "grafana"
-NOW = datetime.now(UTC).replace(microsecond=0)
 REGION = "Almaty"
 INTERVAL = "1h"
 
 
 @pytest.fixture(scope="module")
 def fleet() -> Fleet:
-    return generate(800, now=NOW, seed=11, tests_per_day=0.3)
+    return generate(800, now=datetime.now(UTC).replace(microsecond=0), seed=11, tests_per_day=0.3)
 
 
 @pytest.fixture
 def stored(fleet: Fleet, database: Influx) -> Iterator[InfluxQL]:
     settings = InfluxSettings(url=database.url, database=database.database)
     writer = V1Writer(settings)
-    write_direct(fleet, writer, settings, registry_at=NOW - timedelta(days=2))
+    write_direct(fleet, writer, settings, registry_at=fleet.now - timedelta(days=2))
     client = InfluxQL(settings)
     history = make_history_writer(settings)
-    for at in (NOW - timedelta(days=1), NOW):
+    for at in (fleet.now - timedelta(days=1), fleet.now):
         found = survey(client, at)
         assert found is not None
         history.write(rollout_lines(found.rows(), at))
-        if at == NOW:
+        if at == fleet.now:
             writer.write(found.chase_lines(stamp=datetime.now(UTC)))  # in the panel's window
     tags = {"collector_id": "c1"}
     writer.write(
         [
             encode("collector", tags, {"received": 100, "write_retries": 0,
-                   "device_report_gaps": 0, "agent_restarts": 1}, ns(NOW - timedelta(hours=3))),
+                   "device_report_gaps": 0, "agent_restarts": 1},
+                   ns(fleet.now - timedelta(hours=3))),
             encode("collector", tags, {"received": 700, "write_retries": 2,
                    "device_report_gaps": 0, "agent_restarts": 1, "lag_p50_ms": 310.0,
-                   "lag_p99_ms": 900.0}, ns(NOW - timedelta(hours=1))),
+                   "lag_p99_ms": 900.0}, ns(fleet.now - timedelta(hours=1))),
             encode("collector", tags, {"received": 760, "lag_p50_ms": 280.0, "lag_p99_ms": 640.0},
                    ns(datetime.now(UTC) - timedelta(minutes=1))),  # in the lag alert's window
             encode("collector_rejections", tags | {"reason": "invalid_json"}, {"count": 1},
-                   ns(NOW - timedelta(hours=3))),
+                   ns(fleet.now - timedelta(hours=3))),
             encode("collector_rejections", tags | {"reason": "invalid_json"}, {"count": 4},
-                   ns(NOW - timedelta(hours=1))),
+                   ns(fleet.now - timedelta(hours=1))),
             encode("collector_rate_limited", tags | {"school_id": "KZ-FLOOD"}, {"messages": 900},
                    ns(datetime.now(UTC) - timedelta(minutes=2))),  # in the flood alert's window
         ]
@@ -93,7 +93,7 @@ def _school(fleet: Fleet) -> SchoolRecord:
     return next(
         r for r in fleet.records
         if r.school.region == REGION and r.device_states and len(r.downloads) >= 3
-        and any(d is None for t, d in r.downloads if t > NOW - timedelta(days=30))
+        and any(d is None for t, d in r.downloads if t > fleet.now - timedelta(days=30))
     )  # fmt: skip
 
 
@@ -265,7 +265,7 @@ QUIET = {"alert region-silent: A"}  # no region is cut off in the fleet
 
 
 def test_the_national_stats_show_the_true_percentages(fleet: Fleet, stored: InfluxQL) -> None:
-    truth = ground_truth(fleet, NOW)
+    truth = ground_truth(fleet, fleet.now)
     for panel in _dashboards()["national-overview.json"]["panels"]:
         if panel["type"] != "stat":
             continue
@@ -276,7 +276,7 @@ def test_the_national_stats_show_the_true_percentages(fleet: Fleet, stored: Infl
 
 
 def test_the_region_table_shows_every_region_and_metric(fleet: Fleet, stored: InfluxQL) -> None:
-    truth = ground_truth(fleet, NOW)
+    truth = ground_truth(fleet, fleet.now)
     query = _panel("national-overview.json", "By region (a region opens its page)")["targets"][0][
         "query"
     ]
@@ -294,7 +294,7 @@ def test_the_school_panels_show_that_school(fleet: Fleet, stored: InfluxQL) -> N
     history = _panel("region-and-school.json",
                      "$school: download and upload against the 20 Mbps standard")  # fmt: skip
     points = _rows(_run(stored, history["targets"][0]["query"], sid))
-    window = NOW - timedelta(days=30)
+    window = fleet.now - timedelta(days=30)
     expected = sorted(d for t, d in record.downloads if d is not None and t > window)
     assert sorted(p["download_mbps"] for p in points) == expected
     devices = _run(stored, _panel("region-and-school.json", "$school: devices")["targets"][0]
@@ -362,7 +362,7 @@ def test_the_below_standard_alert_fires_for_three_slow_tests_in_a_row(
 ) -> None:
     firing = _firing(stored, "school-below-standard")
     expected = set()
-    window = NOW - timedelta(days=30)
+    window = fleet.now - timedelta(days=30)
     for record in fleet.records:
         good = sorted((t, d) for t, d in record.downloads if d is not None and t > window)
         if len(good) >= 3 and all(d < 20 for _, d in good[-3:]):
@@ -623,10 +623,12 @@ def test_the_panic_button_chart_counts_buttons_down_not_reports(
     assert panel["interval"] == "5m"
 
 
-def test_rejections_are_added_up_across_collectors(stored: InfluxQL, database: Influx) -> None:
+def test_rejections_are_added_up_across_collectors(
+    fleet: Fleet, stored: InfluxQL, database: Influx
+) -> None:
     """Two collectors' cumulative counters: the panel shows the sum of their increases."""
     writer = V1Writer(InfluxSettings(url=database.url, database=database.database))
-    base = NOW - timedelta(hours=5)
+    base = fleet.now - timedelta(hours=5)
     writer.write(
         [
             encode("collector_rejections", {"collector_id": cid, "reason": "bad_timestamp"},
@@ -677,7 +679,7 @@ def test_the_map_shows_every_registered_school_at_its_place_with_its_average(
     shown = {row["school_id"]: (tags, row) for tags, row in rows}
     assert len(rows) == len(shown)  # each school once
     assert set(shown) == {r.school.school_id for r in fleet.records}  # reported or not
-    window = NOW - timedelta(days=30)
+    window = fleet.now - timedelta(days=30)
     compared = 0
     for record in fleet.records:
         school = record.school
@@ -685,9 +687,9 @@ def test_the_map_shows_every_registered_school_at_its_place_with_its_average(
         assert tags["region"] == school.region
         assert (row["name"], row["latitude"], row["longitude"]) == (
             school.name, school.latitude, school.longitude)  # fmt: skip
-        tests = [d for t, d in record.downloads if window < t <= NOW and d is not None]
+        tests = [d for t, d in record.downloads if window < t <= fleet.now and d is not None]
         if any(abs(t - window) < timedelta(minutes=10) for t, _ in record.downloads):
-            continue  # the keeper's tick came a little after NOW
+            continue  # the keeper's tick came a little after fleet.now
         expected = sum(tests) / len(tests) if tests else None
         assert row["download_mbps"] == pytest.approx(expected), school.school_id
         compared += 1
@@ -713,9 +715,9 @@ def test_the_chase_list_shows_the_schools_to_chase(fleet: Fleet, stored: InfluxQ
         last = record.last_report
         if last is None:
             expected.add(("never_reported", record.school.school_id))
-        elif NOW - last > timedelta(days=28):
+        elif fleet.now - last > timedelta(days=28):
             expected.add(("dropped_off", record.school.school_id))
-        elif NOW - last > timedelta(days=21):
+        elif fleet.now - last > timedelta(days=21):
             expected.add(("at_risk", record.school.school_id))
     assert shown == expected
     assert {metric for metric, _ in shown} == {"never_reported", "dropped_off", "at_risk"}

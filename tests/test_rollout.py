@@ -37,18 +37,16 @@ from collector.settings import CollectorSettings, InfluxSettings
 from tests.conftest import start_collector
 from tests.support.services import Influx, collector_process, command_env, wait_for
 
-NOW = datetime.now(UTC).replace(microsecond=0)
-
 
 @pytest.fixture(scope="module")
 def fleet() -> Fleet:
-    return generate(7400, now=NOW, seed=7, tests_per_day=0.2)
+    return generate(7400, now=datetime.now(UTC).replace(microsecond=0), seed=7, tests_per_day=0.2)
 
 
 @pytest.fixture
 def stored(fleet: Fleet, database: Influx) -> Influx:
     settings = InfluxSettings(url=database.url, database=database.database)
-    write_direct(fleet, V1Writer(settings), settings, registry_at=NOW - timedelta(hours=1))
+    write_direct(fleet, V1Writer(settings), settings, registry_at=fleet.now - timedelta(hours=1))
     return database
 
 
@@ -56,7 +54,7 @@ def test_the_simulated_registry_looks_like_the_country(fleet: Fleet) -> None:
     registry: SchoolRegistry = fleet.registry
     assert len(registry) == 7400
     assert len(registry.regions()) == 20  # 17 regions and 3 cities
-    truth = ground_truth(fleet, NOW)
+    truth = ground_truth(fleet, fleet.now)
     national = {metric: truth[metric, NATIONAL] for metric in DEFINITIONS}
     assert national["turnstile_installed"] == pytest.approx(98, abs=0.05)
     assert national["security_contract"] == pytest.approx(97, abs=0.05)
@@ -88,13 +86,13 @@ def _cli_rollout_noted(database: Influx, *args: str) -> tuple[list[dict[str, Any
 def test_every_percentage_from_the_cli_equals_the_ground_truth(
     fleet: Fleet, stored: Influx
 ) -> None:
-    truth = ground_truth(fleet, NOW)
-    rows = _cli_rollout(stored, "--at", NOW.isoformat())
+    truth = ground_truth(fleet, fleet.now)
+    rows = _cli_rollout(stored, "--at", fleet.now.isoformat())
     assert len(rows) == len(DEFINITIONS) * 21  # national and 20 regions
     for row in rows:
         expected = truth[row["metric"], row["region"]]
         assert row["percent"] == pytest.approx(expected, abs=0.1), (row, expected)
-    regional = _cli_rollout(stored, "--at", NOW.isoformat(), "--region", "Turkistan")
+    regional = _cli_rollout(stored, "--at", fleet.now.isoformat(), "--region", "Turkistan")
     assert {row["region"] for row in regional} == {NATIONAL, "Turkistan"}
 
 
@@ -107,7 +105,7 @@ def test_without_at_the_cli_shows_the_collectors_latest_figures(
     truth = ground_truth(fleet, datetime.now(UTC))
     for row in computed:
         assert row["percent"] == pytest.approx(truth[row["metric"], row["region"]], abs=0.1)
-    rows = rollout(InfluxQL(settings), NOW)
+    rows = rollout(InfluxQL(settings), fleet.now)
     assert rows is not None
     history = make_history_writer(settings)
     stale = datetime.now(UTC) - timedelta(minutes=11)  # older than 2 x rollout.interval_s
@@ -131,12 +129,12 @@ def test_without_at_the_cli_shows_the_collectors_latest_figures(
 
 def test_the_rollout_measurement_agrees(fleet: Fleet, stored: Influx) -> None:
     client = InfluxQL(InfluxSettings(url=stored.url, database=stored.database))
-    rows = rollout(client, NOW)
+    rows = rollout(client, fleet.now)
     assert rows is not None
     make_history_writer(InfluxSettings(url=stored.url, database=stored.database)).write(
-        rollout_lines(rows, NOW)
+        rollout_lines(rows, fleet.now)
     )
-    truth = ground_truth(fleet, NOW)
+    truth = ground_truth(fleet, fleet.now)
     found = stored.client.query(
         'SELECT last("percent") FROM "history"."rollout" GROUP BY "metric", "level", "region"'
     )
@@ -148,7 +146,7 @@ def test_the_rollout_measurement_agrees(fleet: Fleet, stored: Influx) -> None:
 
 def test_before_any_registry_there_is_no_percentage(database: Influx) -> None:
     client = InfluxQL(InfluxSettings(url=database.url, database=database.database))
-    assert rollout(client, NOW) is None
+    assert rollout(client, datetime.now(UTC)) is None
 
 
 def test_the_collector_writes_the_rollout_every_interval(
@@ -238,7 +236,7 @@ def test_the_simulator_publishes_through_the_broker_and_collector(
         check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    expected = generate(60, now=NOW, seed=3, tests_per_day=0.5)
+    expected = generate(60, now=datetime.now(UTC).replace(microsecond=0), seed=3, tests_per_day=0.5)
     speeds = sum(len(record.downloads) for record in expected.records)
     wait_for(lambda: database.count("speed") >= speeds, timeout=120, what=f"{speeds} points")
     assert database.count("speed") == speeds
@@ -276,4 +274,4 @@ def test_giga_categories_and_the_per_student_standard_on_their_edges(
         facts.mean_download["KZ-1"] = mean
     speed = {"meets_standard", "meets_per_student_standard", "giga_good", "giga_moderate",
              "giga_bad"}  # fmt: skip
-    assert school_metrics(school, facts, NOW, Rules()) & speed == expected
+    assert school_metrics(school, facts, datetime.now(UTC), Rules()) & speed == expected
