@@ -231,31 +231,58 @@ def connect(client: paho.Client, address: BrokerAddress, **kwargs: Any) -> None:
 
 
 class AckLedger:
-    """Every published mid stays tracked until the broker answers it.
+    """The broker's answers to the QoS 1 publishes someone waits for.
 
     paho's ``MQTTMessageInfo.is_published`` keeps raising for a message first
     published while disconnected, even after it was re-sent and acknowledged,
-    so the ``on_publish`` callback is the receipt. An answer that arrives after
-    its waiter gave up stays here until :meth:`settle` consumes it: an orphaned
-    answer would otherwise confirm a later message that reuses the same mid.
+    so the ``on_publish`` callback is the receipt. paho calls it for every
+    publish, the collector's QoS 0 receipts included (tens of thousands a
+    minute in a drain): only answers to tracked mids are kept, and an answer
+    to an untracked mid for EARLY_S, in case its publisher has not tracked it
+    yet (the answer can come before ``publish`` returns). Kept longer, it
+    would confirm a later message that reuses the mid (paho reuses one after
+    65,535 publishes: a minute of a drain), and hold memory; those were every
+    answer once, 141 MB in a drain of 100,000 messages.
     """
 
+    EARLY_S = 5.0
+
     def __init__(self) -> None:
-        self._answers: dict[int, ReasonCode] = {}
+        self._answers: dict[int, str | None] = {}  # mid: the refusal, or None
+        self._early: dict[int, tuple[float, str | None]] = {}  # in order of arrival
         self._pending: set[int] = set()
         self._changed = threading.Condition()
 
     def track(self, mid: int) -> None:
         with self._changed:
-            self._pending.add(mid)
+            early = self._early.pop(mid, None)
+            if early is not None and time.monotonic() - early[0] <= self.EARLY_S:
+                self._answers[mid] = early[1]
+            else:
+                self._pending.add(mid)
 
     def on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        refusal = str(reason) if reason.is_failure else None
+        now = time.monotonic()
         with self._changed:
-            self._answers[mid] = reason
-            self._changed.notify_all()
+            if mid in self._pending:
+                self._pending.discard(mid)
+                self._answers[mid] = refusal
+                self._changed.notify_all()
+                return
+            self._early.pop(mid, None)
+            self._early[mid] = (now, refusal)
+            while self._early:
+                oldest = next(iter(self._early))
+                if now - self._early[oldest][0] <= self.EARLY_S:
+                    break
+                del self._early[oldest]
 
     def wait(self, mids: set[int], timeout: float) -> tuple[int, list[str]]:
-        """Wait for an answer to every mid; return (how many got none yet, refusals)."""
+        """Wait for an answer to every mid; return (how many got none, refusals).
+
+        A mid that got none stays unanswered: its late answer is not kept.
+        """
         deadline = time.monotonic() + timeout
         with self._changed:
             while not mids <= self._answers.keys():
@@ -263,18 +290,6 @@ class AckLedger:
                 if left <= 0:
                     break
                 self._changed.wait(left)
-            answers = self._take(mids)
-        return len(mids) - len(answers), [str(r) for r in answers if r.is_failure]
-
-    def settle(self) -> tuple[int, list[str], int]:
-        """Consume late answers: (acknowledged, refusals, still unanswered)."""
-        with self._changed:
-            answers = self._take(set(self._pending))
-            waiting = len(self._pending)
-        refusals = [str(r) for r in answers if r.is_failure]
-        return len(answers) - len(refusals), refusals, waiting
-
-    def _take(self, mids: set[int]) -> list[ReasonCode]:
-        answered = mids & self._answers.keys()
-        self._pending -= answered
-        return [self._answers.pop(mid) for mid in answered]
+            answers = [self._answers.pop(mid) for mid in mids & self._answers.keys()]
+            self._pending -= mids
+        return len(mids) - len(answers), [refusal for refusal in answers if refusal is not None]

@@ -325,6 +325,11 @@ def run_probed_collector() -> int:
     original_init = pipeline.Pipeline.__init__
     original_submit = pipeline.Pipeline.submit
     original_ack = consumer.Consumer.ack
+    original_consumer_init = consumer.Consumer.__init__
+
+    def consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_consumer_init(self, *args, **kwargs)
+        seen["consumer"] = self
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
@@ -343,6 +348,7 @@ def run_probed_collector() -> int:
     pipeline.Pipeline.__init__ = init  # type: ignore[method-assign]
     pipeline.Pipeline.submit = submit  # type: ignore[method-assign]
     consumer.Consumer.ack = ack  # type: ignore[method-assign]
+    consumer.Consumer.__init__ = consumer_init  # type: ignore[method-assign]
 
     def watch() -> None:
         best = 0
@@ -356,6 +362,9 @@ def run_probed_collector() -> int:
                     "acked": seen["acked"],
                     "in_flight": seen["submitted"] - seen["acked"],
                     "queue": the_pipeline._queue.qsize() if the_pipeline else 0,
+                    # paho's own holdings: QoS 1 publishes (receipts) until their PUBACK,
+                    # and packets not yet written
+                    **_paho_holdings(seen.get("consumer")),
                     "rss_mb": rss_mb(os.getpid())[0],
                     "mallinfo2": _mallinfo2(),
                 }
@@ -376,6 +385,16 @@ def run_probed_collector() -> int:
     return cli.main(["run"])
 
 
+def _paho_holdings(the_consumer: Any) -> dict[str, int]:
+    if the_consumer is None:
+        return {"paho_out_messages": 0, "paho_out_packets": 0}
+    client = the_consumer._client
+    return {
+        "paho_out_messages": len(client._out_messages),
+        "paho_out_packets": len(client._out_packet),
+    }
+
+
 def _probe_summary(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
@@ -387,10 +406,14 @@ def _probe_summary(path: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "max_in_flight": max(r["in_flight"] for r in records),
         "max_queue": max(r["queue"] for r in records),
+        "max_paho_out_messages": max(r.get("paho_out_messages", 0) for r in records),
+        "max_paho_out_packets": max(r.get("paho_out_packets", 0) for r in records),
         "at_peak_rss": {
             "rss_mb": peak["rss_mb"],
             "in_flight": peak["in_flight"],
             "queue": peak["queue"],
+            "paho_out_messages": peak.get("paho_out_messages", 0),
+            "paho_out_packets": peak.get("paho_out_packets", 0),
             "malloc_in_use_mb": peak["mallinfo2"]["uordblks"] / mib,
             "malloc_free_mb": peak["mallinfo2"]["fordblks"] / mib,
             "malloc_arena_mb": peak["mallinfo2"]["arena"] / mib,
