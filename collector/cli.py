@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -443,9 +444,9 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.region:
         rows = [r for r in rows if r.region in (NATIONAL, args.region)]
-    records = [
+    records = [  # no figure (a mean without schools): null in JSON, empty in CSV, "-"
         {"metric": r.metric, "region": r.region, "schools": r.schools, "total": r.total,
-         "percent": round(r.percent, 2)}
+         "percent": None if math.isnan(r.percent) else round(r.percent, 2)}
         for r in rows
     ]  # fmt: skip
     if args.format == "json":
@@ -453,12 +454,15 @@ def _rollout(settings: CollectorSettings, args: argparse.Namespace) -> int:
     elif args.format == "csv":
         print("metric,region,schools,total,percent")
         for rec in records:
-            print(f"{rec['metric']},\"{rec['region']}\",{rec['schools']},{rec['total']},"
-                  f"{rec['percent']:.2f}")  # fmt: skip
+            percent = "" if rec["percent"] is None else f"{rec['percent']:.2f}"
+            print(f'{rec["metric"]},"{rec["region"]}",{rec["schools"]},{rec["total"]},{percent}')
     else:
         columns = ["metric", "region", "schools", "total", "percent"]
-        values = [[str(rec[c]) if c != "percent" else f"{rec[c]:.1f} %" for c in columns]
-                  for rec in records]  # fmt: skip
+        values = [
+            [str(rec[c]) if c != "percent" else
+             "-" if rec[c] is None else f"{rec[c]:.1f} %" for c in columns]
+            for rec in records
+        ]  # fmt: skip
         print(_table(columns, values))
     return 0
 

@@ -4,7 +4,9 @@
 Kazakhstan's 17 regions and 3 cities, with rollout close to the reported
 national figures (turnstiles 98 %, security contracts 97 %, panic buttons
 96 %, police link 81 %, speed monitoring 70 %), realistic links (urban
-fibre, rural 4G, satellite), device failures and agent outages. It writes the
+fibre, rural 4G, satellite), device failures, agent outages, and each live
+agent's hourly reachability checks with the outages of its link (satellite and
+4G more often than fibre) over the last ``connectivity_days``. It writes the
 registry CSV and sends the fleet's history through the real broker (or
 straight into InfluxDB), and keeps its own records, from which
 :func:`ground_truth` computes every rollout percentage independently of the
@@ -18,18 +20,20 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from agent.contract import (
     DEVICE_RESULT_CODES,
     SPEED_RESULT_CODES,
     AgentState,
     AgentStatus,
+    ConnectivityReport,
     DeviceKind,
     DeviceObservation,
     DeviceResult,
@@ -37,6 +41,8 @@ from agent.contract import (
     DeviceState,
     Envelope,
     HostHealth,
+    OutageCause,
+    OutageReport,
     OutboxCounts,
     SpeedMeasurement,
     SpeedReport,
@@ -89,6 +95,33 @@ LINKS = {  # link: (download range Mbps, upload share, latency ms)
     "4g": ((4.0, 45.0), 0.3, (30.0, 80.0)),
     "satellite": ((3.0, 30.0), 0.2, (550.0, 700.0)),
 }
+# Each hour, the chance that a school's link fails once; the outage lasts 5 to 45 minutes.
+OUTAGE_PER_HOUR = {"fibre": 0.003, "4g": 0.02, "satellite": 0.05}
+OUTAGE_MINUTES = (5, 45)
+OUTAGE_CAUSES = {  # the layer that failed, and how often
+    OutageCause.UPSTREAM: 0.6,
+    OutageCause.GATEWAY: 0.25,
+    OutageCause.DNS: 0.1,
+    OutageCause.NO_ROUTE: 0.05,
+}
+CHECK_INTERVAL_S = 60  # the agent's default connectivity.interval_s
+# Truth's own school hours (the collector's default school_hours: 08:00-20:00 at +05:00).
+SCHOOL_HOURS_UTC_OFFSET = 5
+SCHOOL_HOURS_LOCAL = range(8, 20)
+
+
+@dataclass(frozen=True)
+class Hour:
+    """One hour of a live agent's reachability checks (a minute each)."""
+
+    start: datetime
+    down_minutes: int = 0
+    cause: OutageCause | None = None
+    down_from_minute: int = 0
+
+    @property
+    def in_school_hours(self) -> bool:
+        return (self.start.hour + SCHOOL_HOURS_UTC_OFFSET) % 24 in SCHOOL_HOURS_LOCAL
 
 
 @dataclass
@@ -102,12 +135,25 @@ class SchoolRecord:
     downloads: list[tuple[datetime, float | None]] = field(default_factory=list)
     device_states: dict[str, tuple[DeviceKind, DeviceState]] = field(default_factory=dict)
     agent_lost: bool = False
+    hours: list[Hour] = field(default_factory=list)
 
 
 @dataclass
 class Fleet:
     now: datetime
     records: list[SchoolRecord]
+    _lines: list[str] | None = field(default=None, repr=False)  # write_direct's, once made
+
+    def lines(self) -> list[str]:
+        """Every message's points, as the collector makes them (made once)."""
+        if self._lines is None:
+            maker = PointMaker(place_of=self.registry.place_of)  # the registry's tags, as live
+            self._lines = [
+                line
+                for message in messages(self)
+                for line in maker.lines(message, ns(message.measured_at))
+            ]
+        return self._lines
 
     @property
     def registry(self) -> SchoolRegistry:
@@ -137,14 +183,36 @@ def generate(
     seed: int = 1,
     days: int = 30,
     tests_per_day: float = 1.0,
+    connectivity_days: int = 1,
 ) -> Fleet:
+    """``connectivity_days``: the hours of checks each live agent reports (24 a day)."""
     rng = random.Random(seed)  # noqa: S311 - simulation, not secrecy
     records = [_school(number, rng) for number in range(schools)]
     _assign_shares(records, rng)
     for record in records:
         if record.monitored:
             _history(record, rng, now, days, tests_per_day)
+    checks = random.Random(seed + 1)  # noqa: S311 - its own stream: the rest stays as it was
+    for record in records:
+        live = record.last_report is not None and record.last_report >= now - timedelta(days=1)
+        if record.monitored and live:
+            record.hours = _hours(record.link, checks, now, connectivity_days)
     return Fleet(now, records)
+
+
+def _hours(link: str, rng: random.Random, now: datetime, days: int) -> list[Hour]:
+    """The whole hours before ``now``, over ``days``; some with an outage of the link."""
+    last = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    found = []
+    for back in range(days * 24 - 1, -1, -1):
+        start = last - timedelta(hours=back)
+        if rng.random() < OUTAGE_PER_HOUR[link]:
+            minutes = rng.randint(*OUTAGE_MINUTES)
+            cause = rng.choices(list(OUTAGE_CAUSES), list(OUTAGE_CAUSES.values()))[0]
+            found.append(Hour(start, minutes, cause, rng.randint(0, 60 - minutes)))
+        else:
+            found.append(Hour(start))
+    return found
 
 
 def _school(number: int, rng: random.Random) -> SchoolRecord:
@@ -251,6 +319,8 @@ def messages(fleet: Fleet) -> Iterator[Envelope]:
             found.append(_devices(sid, agent_id, fleet.now - DEVICES_AGE, record))
         if record.monitored and record.last_report is not None:
             found.append(_status(sid, agent_id, record.last_report, lost=record.agent_lost))
+        for hour in record.hours:
+            found.extend(_checks(sid, agent_id, hour))
     found.sort(key=lambda message: message.measured_at)
     yield from found
 
@@ -314,6 +384,34 @@ def _devices(sid: str, agent_id: str, moment: datetime, record: SchoolRecord) ->
     )
 
 
+def _checks(sid: str, agent_id: str, hour: Hour) -> list[Envelope]:
+    """The hour's report, and its outage's once it ended (within the hour)."""
+    report = ConnectivityReport(
+        message_id=_message_id(sid, "connectivity", hour.start),
+        school_id=sid,
+        agent_id=agent_id,
+        measured_at=hour.start,
+        interval_s=CHECK_INTERVAL_S,
+        checks=60,
+        passed=60 - hour.down_minutes,
+    )
+    if hour.cause is None:
+        return [report]
+    down_s = {f"down_{hour.cause.value}_s": hour.down_minutes * 60.0}
+    report = report.model_copy(update=down_s)
+    began = hour.start + timedelta(minutes=hour.down_from_minute)
+    outage = OutageReport(
+        message_id=_message_id(sid, "outage", began),
+        school_id=sid,
+        agent_id=agent_id,
+        measured_at=began,
+        ended_at=began + timedelta(minutes=hour.down_minutes),
+        duration_s=hour.down_minutes * 60.0,
+        cause=hour.cause,
+    )
+    return [report, outage]
+
+
 def _status(sid: str, agent_id: str, moment: datetime, *, lost: bool) -> AgentStatus:
     if lost:
         return AgentStatus(
@@ -355,18 +453,39 @@ def ground_truth(
     rules = rules or Rules()
     counts: dict[tuple[str, str], int] = defaultdict(int)
     totals: dict[str, int] = defaultdict(int)
+    availability: dict[str, list[float]] = defaultdict(list)
     for record in fleet.records:
         region = record.school.region
         totals[region] += 1
         totals[NATIONAL] += 1
-        for metric in _truths(record, at, rules, devices_at=fleet.now - DEVICES_AGE):
+        metrics = _truths(record, at, rules, devices_at=fleet.now - DEVICES_AGE)
+        available = school_hours_availability(record, at, rules)
+        if available is not None:
+            availability[region].append(available)
+            availability[NATIONAL].append(available)
+            if available >= rules.availability_target - EPSILON:
+                metrics.add("school_hours_available")
+        for metric in metrics:
             counts[metric, region] += 1
             counts[metric, NATIONAL] += 1
-    return {
+    truth = {
         (metric, region): 100.0 * counts[metric, region] / total
         for region, total in totals.items()
         for metric in DEFINITIONS
     }
+    for region in totals:
+        found = availability[region]
+        truth["availability_mean", region] = sum(found) / len(found) if found else math.nan
+    return truth
+
+
+def school_hours_availability(record: SchoolRecord, at: datetime, rules: Rules) -> float | None:
+    """Percent of the checks in school hours that passed over the window; None without."""
+    window = at - timedelta(days=rules.availability_window_days)
+    hours = [h for h in record.hours if h.in_school_hours and window < h.start <= at]
+    if not hours:
+        return None
+    return 100.0 * sum(60 - h.down_minutes for h in hours) / (60 * len(hours))
 
 
 def _speed_truths(mean: float, students: int | None, rules: Rules) -> set[str]:
@@ -423,12 +542,7 @@ def write_direct(
 ) -> int:
     """Import the registry and store every message's points as the collector would."""
     import_registry(fleet.registry, influx, "simulated fleet", at_ns=ns(registry_at))
-    maker = PointMaker(place_of=fleet.registry.place_of)  # the registry's tags, as live
-    lines = [
-        line
-        for message in messages(fleet)
-        for line in maker.lines(message, ns(message.measured_at))
-    ]
+    lines = fleet.lines()
     for start in range(0, len(lines), 5000):
         writer.write(lines[start : start + 5000])
     return len(lines)

@@ -137,7 +137,10 @@ class Pipeline:
         )
         self._influxql = InfluxQL(settings.influx)
         self._points = PointMaker(
-            DeviceBook(influx_lookup(self._influxql)), self._numbered, place_of=self._place_of
+            DeviceBook(influx_lookup(self._influxql)),
+            self._numbered,
+            place_of=self._place_of,
+            school_hours=settings.school_hours.school_hours(),
         )
 
     @property

@@ -28,6 +28,8 @@ from agent.contract import (
 )
 from collector.device_book import DeviceBook, KnownDevice, Numbering
 from collector.line_protocol import FieldValue, encode, field_set, tag
+from collector.school_hours import SchoolHours
+from collector.settings import SchoolHoursSettings
 
 SPEED = "speed"
 AGENT = "agent"
@@ -195,8 +197,13 @@ def _where(message: Envelope, place: Place) -> dict[str, str | None]:
     }
 
 
-def connectivity_line(report: ConnectivityReport, place: Place = NOWHERE) -> str:
-    """An hour's reachability checks, at the hour's start."""
+def connectivity_line(
+    report: ConnectivityReport, place: Place = NOWHERE, school_hours: SchoolHours | None = None
+) -> str:
+    """An hour's reachability checks, at the hour's start; ``school_checks`` and
+    ``school_passed`` repeat them in a school hour, and are 0 outside."""
+    hours = school_hours or SchoolHoursSettings().school_hours()
+    in_school = hours.covers_hour(report.measured_at)
     return encode(
         CONNECTIVITY,
         _where(report, place),
@@ -209,6 +216,8 @@ def connectivity_line(report: ConnectivityReport, place: Place = NOWHERE) -> str
             "down_gateway_s": float(report.down_gateway_s),
             "down_dns_s": float(report.down_dns_s),
             "down_upstream_s": float(report.down_upstream_s),
+            "school_checks": report.checks if in_school else 0,
+            "school_passed": report.passed if in_school else 0,
             "message_id": report.message_id,
         },
         ns(report.measured_at),
@@ -325,8 +334,10 @@ class PointMaker:
         book: DeviceBook | None = None,
         on_numbering: Callable[[DevicesReport, Numbering], None] | None = None,
         place_of: Callable[[str], Place] | None = None,
+        school_hours: SchoolHours | None = None,
     ) -> None:
         self._wills = ArrivalClock()
+        self._school_hours = school_hours or SchoolHoursSettings().school_hours()
         self._place_of = place_of
         self.book = book or DeviceBook()
         self._on_numbering = on_numbering
@@ -345,7 +356,7 @@ class PointMaker:
             devices = self.book.devices_of(message.school_id)
             return [agent_line(message, at, place), *stale_lines(devices, message, at, place)]
         if isinstance(message, ConnectivityReport):
-            return [connectivity_line(message, place)]
+            return [connectivity_line(message, place, self._school_hours)]
         if isinstance(message, OutageReport):
             return [outage_line(message, place)]
         if isinstance(message, DevicesReport):

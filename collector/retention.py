@@ -107,6 +107,31 @@ SUMMARIES: tuple[Summary, ...] = (
         _PLACE,
     ),
     Summary(
+        "connectivity",
+        "connectivity_summary",
+        (
+            'sum("checks") AS "checks"',
+            'sum("passed") AS "passed"',
+            'sum("school_checks") AS "school_checks"',
+            'sum("school_passed") AS "school_passed"',
+            'sum("down_no_route_s") AS "down_no_route_s"',
+            'sum("down_gateway_s") AS "down_gateway_s"',
+            'sum("down_dns_s") AS "down_dns_s"',
+            'sum("down_upstream_s") AS "down_upstream_s"',
+        ),
+        _PLACE,
+    ),
+    Summary(
+        "outage",
+        "outage_summary",
+        (
+            'count("duration_s") AS "outages"',
+            'sum("duration_s") AS "down_s"',
+            'max("duration_s") AS "longest_s"',
+        ),
+        (*_PLACE, "cause"),
+    ),
+    Summary(
         "collector",
         "collector_summary",
         (

@@ -42,6 +42,10 @@ DEFINITIONS: dict[str, str] = {
     "giga_moderate": "30-day average download from 1 Mbps up to the school's standard "
     "(Giga: moderate)",
     "giga_bad": "30-day average download below 1 Mbps (Giga: bad)",
+    "school_hours_available": "online in at least 99 % of its reachability checks in school "
+    "hours (08:00-20:00 local) over 30 days",
+    "availability_mean": "the mean availability in school hours over 30 days of the schools "
+    "that made checks: a mean of percentages, not a share of schools ('schools' counts them)",
     "reporting": "a speed result (any result) in the last 7 days",
     "live": "the last speed result at most 21 days ago",
     "at_risk": "the last speed result 21 to 28 days ago",
@@ -69,7 +73,12 @@ QUERIES: dict[str, str] = {
     'WHERE time <= {until} GROUP BY "school_id"',
     "devices_up": 'SELECT last("up") FROM "device" WHERE time > {since} AND time <= {until} '
     'GROUP BY "school_id", "device_id", "kind"',
+    # the reachability checks of school hours (each hour's, zero outside them)
+    "school_hours_checks": 'SELECT sum("school_passed"), sum("school_checks") '
+    'FROM "connectivity" WHERE time > {since} AND time <= {until} GROUP BY "school_id"',
 }
+# Metrics whose figure is a mean over the schools with data, not a share of the registry.
+MEANS = frozenset({"availability_mean"})
 
 
 @dataclass
@@ -80,6 +89,13 @@ class Facts:
     latest_download: dict[str, float] = field(default_factory=dict)
     last_report: dict[str, datetime] = field(default_factory=dict)
     live_kinds: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # checks passed and made in school hours over the availability window
+    school_checks: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def availability(self, school_id: str) -> float | None:
+        """Percent of the school's checks in school hours that passed; None without any."""
+        passed, checks = self.school_checks.get(school_id, (0.0, 0.0))
+        return 100.0 * passed / checks if checks else None
 
 
 @dataclass(frozen=True)
@@ -88,9 +104,12 @@ class Row:
     region: str  # NATIONAL or a region's name
     schools: int
     total: int
+    mean: float | None = None  # for MEANS: the mean over the ``schools`` with data
 
     @property
     def percent(self) -> float:
+        if self.metric in MEANS:
+            return math.nan if self.mean is None else self.mean
         return 100.0 * self.schools / self.total if self.total else math.nan
 
 
@@ -110,7 +129,18 @@ def read_facts(ql: InfluxQL, at: datetime, rules: Rules) -> Facts:
     for series in ql.query(QUERIES["devices_up"].format(since=fresh, until=until)):
         if series.values[0][1] == 1:
             facts.live_kinds[series.tags["school_id"]].add(series.tags["kind"])
+    facts.school_checks = read_school_checks(ql, at, rules)
     return facts
+
+
+def read_school_checks(ql: InfluxQL, at: datetime, rules: Rules) -> dict[str, tuple[float, float]]:
+    """Each school's reachability checks passed and made in school hours, over the window."""
+    since = _ns(at - timedelta(days=rules.availability_window_days))
+    query = QUERIES["school_hours_checks"].format(since=since, until=_ns(at))
+    return {
+        s.tags["school_id"]: (float(s.values[0][1] or 0), float(s.values[0][2] or 0))
+        for s in ql.query(query)
+    }
 
 
 def _speed_metrics(mean: float | None, students: int | None, rules: Rules) -> set[str]:
@@ -150,28 +180,46 @@ def school_metrics(school: School, facts: Facts, at: datetime, rules: Rules) -> 
             found.add(f"{kind.value}_installed")
     if school.security_contract:
         found.add("security_contract")
+    available = facts.availability(sid)
+    if available is not None and available >= rules.availability_target - EPSILON:
+        found.add("school_hours_available")
     return found
 
 
-def compute(registry: SchoolRegistry, metrics: Mapping[str, set[str]]) -> list[Row]:
+def compute(
+    registry: SchoolRegistry,
+    metrics: Mapping[str, set[str]],
+    availability: Mapping[str, float] | None = None,
+) -> list[Row]:
     """Every metric, nationally and for every region, in a stable order.
 
-    ``metrics``: each school's metrics (:func:`school_metrics`), by school id.
+    ``metrics``: each school's metrics (:func:`school_metrics`), by school id;
+    ``availability``: each measured school's availability in school hours (percent).
     """
     counts: dict[tuple[str, str], int] = defaultdict(int)
     totals: dict[str, int] = defaultdict(int)
+    sums: dict[str, float] = defaultdict(float)
     for school in registry:
         totals[NATIONAL] += 1
         totals[school.region] += 1
         for metric in metrics[school.school_id]:
             counts[metric, NATIONAL] += 1
             counts[metric, school.region] += 1
+        available = (availability or {}).get(school.school_id)
+        if available is not None:
+            for region in (NATIONAL, school.region):
+                counts["availability_mean", region] += 1
+                sums[region] += available
     regions = [NATIONAL, *registry.regions()]
-    return [
-        Row(metric, region, counts[metric, region], totals[region])
-        for region in regions
-        for metric in DEFINITIONS
-    ]
+
+    def row(metric: str, region: str) -> Row:
+        schools = counts[metric, region]
+        if metric in MEANS:
+            return Row(metric, region, schools, totals[region],
+                       sums[region] / schools if schools else None)  # fmt: skip
+        return Row(metric, region, schools, totals[region])
+
+    return [row(metric, region) for region in regions for metric in DEFINITIONS]
 
 
 @dataclass(frozen=True)
@@ -184,7 +232,12 @@ class Survey:
     metrics: dict[str, set[str]]  # school id -> the metrics it counts towards
 
     def rows(self) -> list[Row]:
-        return compute(self.registry, self.metrics)
+        availability = {
+            school.school_id: found
+            for school in self.registry
+            if (found := self.facts.availability(school.school_id)) is not None
+        }
+        return compute(self.registry, self.metrics, availability)
 
     def chase_lines(self, stamp: datetime | None = None) -> list[str]:
         """``rollout_school``: a point per school at risk, dropped off or never reported.
@@ -260,7 +313,7 @@ def latest_rows(ql: InfluxQL, within: timedelta) -> tuple[datetime, list[Row]] |
     from its current state: reading them costs one small query.
     """
     series = ql.query(
-        'SELECT "schools", "total" '  # noqa: S608 - each series' newest point, its own time
+        'SELECT "schools", "total", "percent" '  # noqa: S608 - each series' newest point
         f'FROM "history"."{ROLLOUT}" WHERE time > now() - {int(within.total_seconds())}s '
         "AND time <= now() "  # a collector clock running fast cannot pin figures from the future
         'GROUP BY "metric", "level", "region" ORDER BY time DESC LIMIT 1',
@@ -272,7 +325,7 @@ def latest_rows(ql: InfluxQL, within: timedelta) -> tuple[datetime, list[Row]] |
     found = {
         (s.tags["metric"], s.tags.get("region") or NATIONAL): Row(
             s.tags["metric"], s.tags.get("region") or NATIONAL, int(s.values[0][1]),
-            int(s.values[0][2]))
+            int(s.values[0][2]), s.values[0][3] if s.tags["metric"] in MEANS else None)
         for s in series
         if s.values[0][0] == newest and s.tags["metric"] in DEFINITIONS
     }  # fmt: skip

@@ -17,6 +17,8 @@ class Rules:
     device_fresh_minutes: float = 15.0
     per_student_kbps: float = 50.0
     per_student_from: int = 400
+    availability_target: float = 99.0  # percent of the checks in school hours
+    availability_window_days: float = 30.0
 
     def standard_mbps(self, students: int | None) -> float:
         """A school's standard: ``threshold_mbps``, or ``per_student_kbps`` per student when

@@ -16,8 +16,10 @@ from pydantic_settings import SettingsConfigDict
 from agent.broker import BrokerSettings
 from agent.config_file import FileSettings
 from agent.contract import DEFAULT_CAPABILITIES_TOPIC, DEFAULT_TOPIC_ROOT, MAX_PAYLOAD_BYTES
-from agent.settings import LogLevel, TopicRoot
+from agent.schedule import Window
+from agent.settings import LogLevel, TopicRoot, parse_timezone
 from collector.rollout_rules import Rules
+from collector.school_hours import SchoolHours
 
 ENV_PREFIX = "SCHOOL_COLLECTOR_"
 
@@ -109,9 +111,35 @@ class RolloutSettings(BaseModel):
     device_fresh_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
     per_student_kbps: float = Field(default=50.0, ge=0, le=100_000)
     per_student_from: int = Field(default=400, ge=0, le=1_000_000)
+    availability_target: float = Field(default=99.0, ge=0, le=100)
+    availability_window_days: float = Field(default=30.0, gt=0, le=366)
 
     def rules(self) -> Rules:
         return Rules(**self.model_dump(exclude={"interval_s"}))
+
+
+class SchoolHoursSettings(BaseModel):
+    """When schools are expected online: the availability judged in school hours."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hours: str = "08:00-20:00"
+    timezone: str = "+05:00"
+
+    @field_validator("hours")
+    @classmethod
+    def _hours_parse(cls, value: str) -> str:
+        Window.parse(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_parses(cls, value: str) -> str:
+        parse_timezone(value)
+        return value
+
+    def school_hours(self) -> SchoolHours:
+        return SchoolHours(Window.parse(self.hours), parse_timezone(self.timezone))
 
 
 class StateSettings(BaseModel):
@@ -155,6 +183,7 @@ class CollectorSettings(FileSettings):
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    school_hours: SchoolHoursSettings = Field(default_factory=SchoolHoursSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     school_budget: SchoolBudgetSettings = Field(default_factory=SchoolBudgetSettings)
@@ -167,7 +196,8 @@ class CollectorSettings(FileSettings):
     def _raw_outlives_its_readers(self) -> Self:
         rules = self.rollout
         needed = max(self.max_past_days, rules.speed_window_days, rules.dropped_days,
-                     rules.reporting_days, rules.live_days)  # fmt: skip
+                     rules.reporting_days, rules.live_days,
+                     rules.availability_window_days)  # fmt: skip
         if self.retention.raw_days < needed:
             raise ValueError(
                 f"retention.raw_days ({self.retention.raw_days}) must be at least {needed:g}: "

@@ -53,7 +53,14 @@ from collector.influx.query import InfluxQL, Series
 from collector.line_protocol import encode
 from collector.memory import release_free_memory
 from collector.registry_store import load_registry
-from collector.rollout import QUERIES, SAFETY_KINDS, Survey, rollout_lines, survey
+from collector.rollout import (
+    QUERIES,
+    SAFETY_KINDS,
+    Survey,
+    read_school_checks,
+    rollout_lines,
+    survey,
+)
 from collector.rollup import postpone
 from collector.settings import CollectorSettings
 
@@ -255,8 +262,11 @@ class StateKeeper:
     # -- the rollout -----------------------------------------------------------------------
 
     def survey(self, at: datetime) -> Survey | None:
-        """The rollout's survey from the state's facts (the registry still comes from InfluxDB)."""
-        return survey(self._ql, at, self.state.rules, facts=self.state.facts(at))
+        """The rollout's survey from the state's facts; the registry, and the checks in school
+        hours (one sum per school over the window, at each rollout), come from InfluxDB."""
+        facts = self.state.facts(at)
+        facts.school_checks = read_school_checks(self._ql, at, self.state.rules)
+        return survey(self._ql, at, self.state.rules, facts=facts)
 
     def rollout(self, now: datetime) -> int:
         """Write the rollout, the schools to chase and the devices not up; return points."""

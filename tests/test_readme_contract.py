@@ -245,6 +245,8 @@ def _sample_messages() -> list[Envelope]:
         "speed_summary",
         "device_summary",
         "agent_summary",
+        "connectivity_summary",
+        "outage_summary",
         "collector_summary",
     ],
 )

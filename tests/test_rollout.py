@@ -14,8 +14,16 @@ from typing import Any
 import pytest
 from localstack import Process
 
+from agent.contract import OutageCause
 from collector import rollup as rollup_module
-from collector.fleet import Fleet, generate, ground_truth, messages, write_direct
+from collector.fleet import (
+    Fleet,
+    generate,
+    ground_truth,
+    messages,
+    school_hours_availability,
+    write_direct,
+)
 from collector.influx import make_history_writer, make_writer
 from collector.influx.query import InfluxQL
 from collector.influx.v1 import V1Writer
@@ -66,6 +74,21 @@ def test_the_simulated_registry_looks_like_the_country(fleet: Fleet) -> None:
     assert SchoolRegistry.parse(fleet.registry_csv()).regions() == registry.regions()
 
 
+def test_the_simulated_links_fail_as_satellite_and_4g_do(fleet: Fleet) -> None:
+    """Satellite and 4G schools lose their link more often than fibre: availability in
+    school hours, by link, and a share meeting the 99 % target between none and all."""
+    by_link: dict[str, list[float]] = {}
+    for record in fleet.records:
+        available = school_hours_availability(record, fleet.now, Rules())
+        if available is not None:
+            by_link.setdefault(record.link, []).append(available)
+    mean = {link: sum(found) / len(found) for link, found in by_link.items()}
+    assert mean["satellite"] < mean["4g"] < mean["fibre"]
+    truth = ground_truth(fleet, fleet.now)
+    assert 0 < truth["school_hours_available", NATIONAL] < truth["live", NATIONAL]
+    assert {hour.cause for r in fleet.records for hour in r.hours} == {None, *OutageCause}
+
+
 def _cli_rollout(database: Influx, *args: str) -> list[dict[str, Any]]:
     return _cli_rollout_noted(database, *args)[0]
 
@@ -114,7 +137,16 @@ def test_without_at_the_cli_shows_the_collectors_latest_figures(
     history.write(rollout_lines(rows[:1], ahead))
     assert "computing it now" in _cli_rollout_noted(stored)[1]
     written = datetime.now(UTC) - timedelta(minutes=1)
-    doctored = [Row(r.metric, r.region, r.schools // 2, r.total) for r in rows]  # tells them apart
+    doctored = [  # tells them apart
+        Row(
+            r.metric,
+            r.region,
+            r.schools // 2,
+            r.total,
+            None if r.mean is None else round(r.mean / 2, 2),
+        )
+        for r in rows
+    ]
     history.write(rollout_lines(doctored, written))
     shown, said = _cli_rollout_noted(stored)
     assert f"as the collector computed it at {written:%Y-%m-%d %H:%M:%S}" in said
