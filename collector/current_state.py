@@ -39,8 +39,9 @@ from datetime import UTC, datetime
 from collector.influx.query import Series
 from collector.line_protocol import FieldValue, encode
 from collector.registry import SchoolRegistry
-from collector.rollout import SAFETY_KINDS, Facts
+from collector.rollout import SAFETY_KINDS, Facts, speed_metrics
 from collector.rollout_rules import Rules
+from collector.school_hours import SchoolHours
 from collector.school_list import Row, SchoolList
 
 SCHOOL_STATE = "school_state"
@@ -69,6 +70,16 @@ NS = 1_000_000_000
 MS = 1_000_000
 
 
+# Giga Maps' categories of a school's average download, as the map colours them.
+GIGA_CODES = {"giga_bad": 0, "giga_moderate": 1, "giga_good": 2}
+
+
+def giga_category(mean_mbps: float, students: int | None, rules: Rules) -> int:
+    """0 bad, 1 moderate, 2 good: the rollout's category of this average download."""
+    (found,) = speed_metrics(mean_mbps, students, rules) & GIGA_CODES.keys()
+    return GIGA_CODES[found]
+
+
 def ns_of(moment: datetime) -> int:
     return int(moment.timestamp()) * NS + moment.microsecond * 1000
 
@@ -85,10 +96,11 @@ def agent_days(name: str) -> int:
 class SchoolFacts:
     """What InfluxDB holds of one school, reduced to what its state needs."""
 
-    __slots__ = ("agent", "last_report", "place", "region", "test_mbps", "test_times")
+    __slots__ = ("agent", "last_report", "place", "region", "students", "test_mbps", "test_times")
 
     def __init__(self) -> None:
         self.region: str | None = None
+        self.students: int | None = None  # the registry's: the per-student standard
         self.place: dict[str, FieldValue] = {}  # the registry's name, latitude, longitude
         self.last_report: int | None = None  # ns of its latest speed result, any result
         self.test_times = array("q")  # successful tests in the speed window, oldest first
@@ -163,6 +175,9 @@ class CurrentState:
     written_devices: dict[DeviceKey, dict[str, FieldValue]] = field(default_factory=dict)
     written_alerts: dict[str, dict[str, FieldValue]] = field(default_factory=dict)
     listing: SchoolList = field(default_factory=SchoolList)
+    # the collector's school_hours: school_alert says whether a tick falls within them
+    school_hours: SchoolHours | None = None
+    _in_school_hours: int = 0
     _before: tuple[dict[str, dict[str, FieldValue]], dict[DeviceKey, dict[str, FieldValue]],
                    dict[str, dict[str, FieldValue]]] = ({}, {}, {})  # fmt: skip
 
@@ -183,6 +198,7 @@ class CurrentState:
                      "longitude": school.longitude}  # fmt: skip
             facts = self.school(school.school_id, None)
             facts.region = school.region
+            facts.students = school.students
             facts.place = {name: value for name, value in place.items() if value not in (None, "")}
 
     # -- folding in what InfluxDB returns (rows of the keeper's queries) ------------------
@@ -256,7 +272,8 @@ class CurrentState:
         found: dict[str, FieldValue] = dict(facts.place)
         tests = facts.tests_in(at - days_ns(rules.speed_window_days), at)
         if tests:
-            found["download_mean_mbps"] = sum(tests) / len(tests)
+            found["download_mean_mbps"] = mean = sum(tests) / len(tests)
+            found["giga_category"] = giga_category(mean, facts.students, rules)
             found["download_latest_mbps"] = tests[-1]
             found["tests"] = len(tests)
             found["last3_max_mbps"] = max(tests[-LAST_TESTS:])
@@ -332,6 +349,7 @@ class CurrentState:
         standard = max(self.rules.threshold_mbps, ALERT_STANDARD_MBPS)
         below = isinstance(best, float) and tests == LAST_TESTS and best < standard
         found["flagged"] = int(below or fields.get("online") == 0)
+        found["in_school_hours"] = self._in_school_hours
         return found
 
     def lines(self, at: int, refresh: bool) -> list[str]:
@@ -340,6 +358,8 @@ class CurrentState:
                         dict(self.written_alerts))  # fmt: skip
         found: list[str] = []
         live = self.live_kinds(at)
+        hours = self.school_hours
+        self._in_school_hours = int(hours is not None and hours.covers(_moment(at)))
         rows: dict[str, Row] = {}
         changed: set[str] = set()
         for school_id, school in self.schools.items():
@@ -409,6 +429,10 @@ class CurrentState:
 
 DEVICE_NOT_UP = 2  # state_code: late 2, down 3, stale 4
 DEVICE_DOWN = 3
+
+
+def _moment(at: int) -> datetime:
+    return datetime.fromtimestamp(at / NS, UTC)
 
 
 def _changed(before: Mapping[str, FieldValue], after: Mapping[str, FieldValue]) -> bool:

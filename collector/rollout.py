@@ -143,7 +143,7 @@ def read_school_checks(ql: InfluxQL, at: datetime, rules: Rules) -> dict[str, tu
     }
 
 
-def _speed_metrics(mean: float | None, students: int | None, rules: Rules) -> set[str]:
+def speed_metrics(mean: float | None, students: int | None, rules: Rules) -> set[str]:
     """What a school's 30-day average download says: the standards, Giga's category (none
     without a successful test in the window)."""
     if mean is None:
@@ -157,7 +157,7 @@ def _speed_metrics(mean: float | None, students: int | None, rules: Rules) -> se
 def school_metrics(school: School, facts: Facts, at: datetime, rules: Rules) -> set[str]:
     """The metrics this school counts towards."""
     sid = school.school_id
-    found = _speed_metrics(facts.mean_download.get(sid), school.students, rules)
+    found = speed_metrics(facts.mean_download.get(sid), school.students, rules)
     if facts.latest_download.get(sid, -1.0) >= rules.threshold_mbps - EPSILON:
         found.add("meets_standard_latest")
     last = facts.last_report.get(sid)

@@ -103,7 +103,9 @@ class StateKeeper:
         self._state_writer = make_writer(influx.model_copy(update={"retention_policy": STATE}))
         self._history_writer = make_history_writer(influx)
         self._raw_writer = make_writer(influx)
-        self.state = CurrentState(settings.rollout.rules())
+        self.state = CurrentState(
+            settings.rollout.rules(), school_hours=settings.school_hours.school_hours()
+        )
         self._read_from: int | None = None  # ns: when the last read began
         self._rollout_due = 0.0  # monotonic
         self._stopping = threading.Event()
@@ -188,7 +190,7 @@ class StateKeeper:
         """Read what the state needs from raw points (once, at start)."""
         began = time.monotonic()
         rules = self.state.rules
-        state = self.state = CurrentState(rules)
+        state = self.state = CurrentState(rules, school_hours=self.state.school_hours)
         at = ns_of(now)
         log.info("building the current state from raw points (once, at start) ...")
         window = at - days_ns(rules.speed_window_days)

@@ -15,8 +15,6 @@ from collector.school_list import LIST_WINDOW, SCHOOL_LIST
 DATASOURCE = {"type": "influxdb", "uid": "school-monitor-influxdb"}
 TAGS = ["school-monitor"]
 STANDARD_MBPS = 20  # the national standard; the collector's rollout.threshold_mbps
-# Giga Maps' categories: bad below 1 Mbps, moderate up to the standard, good at or above.
-MODERATE_MBPS = 1
 
 NATIONAL_UID = "school-monitor-national"
 SCHOOL_UID = "school-monitor-school"
@@ -146,20 +144,6 @@ def by_name(name: str, **properties: Any) -> Json:
     return {
         "matcher": {"id": "byName", "options": name},
         "properties": [{"id": key, "value": value} for key, value in properties.items()],
-    }
-
-
-def speed_colours() -> Json:
-    """Giga Maps' categories as thresholds on Mbps, and no data as its own colour."""
-    return {
-        "thresholds": steps((None, "red"), (MODERATE_MBPS, "orange"), (STANDARD_MBPS, "green")),
-        "color": {"mode": "thresholds"},
-        "mappings": [
-            {
-                "type": "special",
-                "options": {"match": "null", "result": {"text": "no data", "color": "#808080"}},
-            }
-        ],
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,11 +90,13 @@ def writer_settings(database: Influx) -> InfluxSettings:
 
 
 def _school(fleet: Fleet) -> SchoolRecord:
-    """A school of REGION with devices, tests, and a failed one: the drill-down's choice."""
+    """A school of REGION with devices, tests, a failed one and an outage: the drill-down's
+    choice."""
     return next(
         r for r in fleet.records
         if r.school.region == REGION and r.device_states and len(r.downloads) >= 3
         and any(d is None for t, d in r.downloads if t > fleet.now - timedelta(days=30))
+        and any(hour.cause for hour in r.hours)
     )  # fmt: skip
 
 
@@ -415,6 +418,29 @@ def test_the_agent_offline_alert_fires_for_lost_agents(fleet: Fleet, stored: Inf
     assert _schools(firing) == {r.school.school_id for r in fleet.records if r.agent_lost}
 
 
+@pytest.mark.parametrize("local_hour", [12, 2])
+def test_the_offline_alert_fires_only_during_school_hours(
+    fleet: Fleet, stored: InfluxQL, database: Influx, local_hour: int
+) -> None:
+    """The keeper's school hours (08:00-20:00) in a time zone where it is now ``local_hour``:
+    schools whose agents are lost fire at noon, and not at two in the morning."""
+    hour = datetime.now(UTC).hour
+    if datetime.now(UTC).minute == 59:  # the hour could change between here and the tick
+        time.sleep(61)
+        hour = datetime.now(UTC).hour
+    offset = (local_hour - hour + 12) % 24 - 12
+    settings = CollectorSettings(
+        influx=writer_settings(database), school_hours={"timezone": f"{offset:+03d}:00"}
+    )
+    with StateKeeper(settings) as keeper:
+        keeper.tick()
+    lost = {r.school.school_id for r in fleet.records if r.agent_lost}
+    assert lost
+    firing = _firing(stored, "offline-in-school-hours")
+    assert _schools(firing) == (lost if local_hour == 12 else set())
+    assert all(i.labels["region"] for i in firing)
+
+
 def test_the_lag_alert_fires_for_a_collector_falling_behind(
     stored: InfluxQL, database: Influx
 ) -> None:
@@ -654,11 +680,16 @@ def test_the_map_colours_schools_by_gigas_categories() -> None:
         if p["type"] == "geomap"))  # fmt: skip
     (layer,) = panel["options"]["layers"]
     colour = layer["config"]["style"]["color"]["field"]
-    assert colour == "download_mbps"
-    assert 'AS "download_mbps"' in panel["targets"][0]["query"]
+    assert colour == "giga_category"
+    assert '"giga_category"' in panel["targets"][0]["query"]
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
-    assert [s["value"] for s in steps] == [None, 1, 20]
-    nothing = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert [(s["value"], s["color"]) for s in steps] == [(None, "red"), (1, "orange"), (2, "green")]
+    (override,) = [o for o in panel["fieldConfig"]["overrides"]
+                   if o["matcher"]["options"] == "giga_category"]  # fmt: skip
+    mappings = next(p["value"] for p in override["properties"] if p["id"] == "mappings")
+    values, nothing = mappings[0]["options"], mappings[1]["options"]
+    assert {code: v["text"] for code, v in values.items()} == {
+        "0": "bad", "1": "moderate", "2": "good"}  # fmt: skip
     assert nothing["match"] == "null"  # schools without a test: "no data"
     view = panel["options"]["view"]
     assert 40 < view["lat"] < 56
@@ -692,8 +723,17 @@ def test_the_map_shows_every_registered_school_at_its_place_with_its_average(
             continue  # the keeper's tick came a little after fleet.now
         expected = sum(tests) / len(tests) if tests else None
         assert row["download_mbps"] == pytest.approx(expected), school.school_id
+        assert row["giga_category"] == _giga(expected, school.students), school.school_id
         compared += 1
     assert compared > 0.95 * len(fleet.records)
+
+
+def _giga(mean: float | None, students: int | None) -> int | None:
+    """Giga Maps' category, by the ITU rule: 20 Mbps, or 50 kbps a student above 400."""
+    if mean is None:
+        return None
+    standard = 20.0 if students is None or students <= 400 else max(20.0, 0.05 * students)
+    return 2 if mean >= standard - 1e-6 else 1 if mean >= 1.0 - 1e-6 else 0
 
 
 def test_the_version_chart_has_a_slice_per_row() -> None:

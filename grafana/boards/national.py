@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collector.current_state import GIGA_CODES
 from grafana.parts import (
     HIDE_TIME,
     LATEST_RUNS,
@@ -18,7 +19,7 @@ from grafana.parts import (
     region_link,
     school_column,
     school_link,
-    speed_colours,
+    steps,
     target,
 )
 
@@ -41,7 +42,19 @@ SAFETY_STATS = [
     ("police_link_installed", "Police-centre link installed", True),
     ("security_contract", "Security-service contract", True),
 ]
+# Giga's categories and the per-student standard, and availability in school hours.
+GIGA_STATS = [
+    ("meets_per_student_standard", "Meet the school's own standard (per student)", True),
+    ("giga_good", "Giga: good (at or above the school's standard)", True),
+    ("giga_moderate", "Giga: moderate (1 Mbps up to the school's standard)", False),
+    ("giga_bad", "Giga: bad (below 1 Mbps)", False),
+    ("school_hours_available", "Online in school hours (99 % of checks in 30 days)", True),
+    ("availability_mean", "Mean availability in school hours (schools with checks)", True),
+]  # fmt: skip
 WIDTHS = [3, 3, 3, 3, 4, 4, 4]
+GIGA_WIDTHS = [4, 4, 4, 4, 4, 4]
+# Availability is judged against 99 %, not against a rollout share.
+AVAILABILITY_COLOURS = [(None, "red"), (95, "orange"), (99, "green")]
 
 
 def stat_query(metric: str) -> str:
@@ -53,14 +66,17 @@ def stat_query(metric: str) -> str:
 
 def stats() -> list[Json]:
     found = []
-    for row, metrics in enumerate((SPEED_STATS, SAFETY_STATS)):
+    rows = ((SPEED_STATS, WIDTHS), (SAFETY_STATS, WIDTHS), (GIGA_STATS, GIGA_WIDTHS))
+    for row, (metrics, widths) in enumerate(rows):
         x = 0
-        for (metric, title, higher), width in zip(metrics, WIDTHS, strict=True):
+        for (metric, title, higher), width in zip(metrics, widths, strict=True):
             colours = (
                 [(None, "red"), (70, "orange"), (95, "green")]
                 if higher
                 else [(None, "green"), (5, "orange"), (10, "red")]
             )
+            if metric == "availability_mean":
+                colours = AVAILABILITY_COLOURS
             found.append(
                 panel(
                     title,
@@ -81,20 +97,23 @@ def stats() -> list[Json]:
 
 
 def school_map() -> Json:
-    """Every registered school at its place, coloured by its 30-day average download."""
+    """Every registered school at its place, coloured by Giga's category of its 30-day
+    average download (the collector's, with the school's own standard)."""
     schools = target(
         every_school(
-            '"school_id", "name", "latitude", "longitude", "download_mean_mbps" AS "download_mbps"'
+            '"school_id", "name", "latitude", "longitude", '
+            '"download_mean_mbps" AS "download_mbps", "giga_category"'
         ),
         "A",
         "table",
     )
     return panel(
-        f"Schools by average download: good (at least {STANDARD_MBPS} Mbps), moderate "
+        "Schools by Giga category of their 30-day average download: good (at or above the "
+        f"school's standard: {STANDARD_MBPS} Mbps, or 50 kbps per student above 400), moderate "
         "(1 Mbps up to it), bad (below 1 Mbps), no data",
         "geomap",
         [schools],
-        (0, 10, 12, 14),
+        (0, 15, 12, 14),
         transformations=[hide("Time")],
         fieldConfig=field(
             "none",
@@ -104,9 +123,11 @@ def school_map() -> Json:
                 ),
                 by_name("latitude", unit="none", decimals=4),
                 by_name("longitude", unit="none", decimals=4),
+                by_name("giga_category", displayName="Giga category", mappings=GIGA_MAPPINGS),
             ],
             links=[school_link("${__data.fields.school_id}", "${__data.fields.region}")],
-            **speed_colours(),
+            thresholds=steps((None, "red"), (1, "orange"), (2, "green")),
+            color={"mode": "thresholds"},
         ),
         options={
             "view": {"id": "coords", "lat": 48.0, "lon": 67.0, "zoom": 4.2, "allLayers": True},
@@ -125,7 +146,7 @@ def school_map() -> Json:
                     "config": {
                         "showLegend": True,
                         "style": {
-                            "color": {"field": "download_mbps", "fixed": "#808080"},
+                            "color": {"field": "giga_category", "fixed": "#808080"},
                             "opacity": 0.8,
                             "size": {"fixed": 5, "min": 2, "max": 15},
                             "symbol": {"mode": "fixed", "fixed": "img/icons/marker/circle.svg"},
@@ -136,6 +157,27 @@ def school_map() -> Json:
             "tooltip": {"mode": "details"},
         },
     )
+
+
+# The collector's giga_category codes, by name.
+GIGA_COLOURS = {"giga_bad": "red", "giga_moderate": "orange", "giga_good": "green"}
+GIGA_MAPPINGS = [
+    {
+        "type": "value",
+        "options": {
+            str(code): {
+                "text": name.removeprefix("giga_"),
+                "color": GIGA_COLOURS[name],
+                "index": code,
+            }
+            for name, code in GIGA_CODES.items()
+        },
+    },
+    {
+        "type": "special",
+        "options": {"match": "null", "result": {"text": "no data", "color": "#808080", "index": 3}},
+    },
+]
 
 
 def regions() -> Json:
@@ -150,7 +192,7 @@ def regions() -> Json:
                 fmt="table",
             )
         ],
-        (12, 10, 12, 14),
+        (12, 15, 12, 14),
         transformations=[
             {
                 "id": "groupingToMatrix",
@@ -189,7 +231,7 @@ def chase() -> Json:
                 fmt="table",
             )
         ],
-        (0, 24, 24, 10),
+        (0, 29, 24, 10),
         fieldConfig=field(
             "none",
             [
@@ -215,7 +257,7 @@ def over_time() -> Json:
                 alias="$tag_metric",
             )
         ],
-        (0, 34, 24, 9),
+        (0, 39, 24, 9),
         fieldConfig=percent_field((None, "blue")),
     )
 

@@ -41,6 +41,72 @@ SCHOOL_VARIABLE = {
 }
 
 
+AVAILABILITY_TARGET = 99  # the collector's rollout.availability_target
+
+
+def connectivity() -> list[Json]:
+    """The school's reachability checks: availability per hour, and its outages."""
+    school = '"school_id" =~ /^$school$/ AND $timeFilter'
+    return [
+        panel(
+            "$school: availability (reachability checks passed, all hours)",
+            "timeseries",
+            [
+                target(
+                    'SELECT mean("availability") * 100 AS "availability" FROM "connectivity" '
+                    f"WHERE {school} GROUP BY time($__interval) fill(none)",
+                    alias="availability",
+                )
+            ],
+            (0, 27, 12, 9),
+            fieldConfig=field(
+                "percent",
+                min=0,
+                max=100,
+                custom={"thresholdsStyle": {"mode": "line"}},
+                thresholds=steps((None, "red"), (AVAILABILITY_TARGET, "green")),
+            ),
+        ),
+        panel(
+            "$school: outage timeline (time down per interval, by cause)",
+            "timeseries",
+            [
+                target(
+                    'SELECT sum("down_no_route_s") AS "no route", sum("down_gateway_s") AS '
+                    '"gateway", sum("down_dns_s") AS "DNS", sum("down_upstream_s") AS "upstream" '
+                    f'FROM "connectivity" WHERE {school} GROUP BY time($__interval) fill(none)'
+                )
+            ],
+            (12, 27, 12, 9),
+            fieldConfig=field(
+                "s",
+                custom={"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal"}},
+            ),
+        ),
+        panel(
+            "$school: outages (start, end, cause; longest first)",
+            "table",
+            [
+                target(
+                    'SELECT "duration_s" AS "duration", "ended_at_ms" AS "ended", "detail" '
+                    f'FROM "outage" WHERE {school} GROUP BY "cause"',
+                    fmt="table",
+                )
+            ],
+            (0, 36, 24, 8),
+            fieldConfig=field(
+                "string",
+                [
+                    by_name("Time", unit="dateTimeAsIso", displayName="started"),
+                    by_name("ended", unit="dateTimeAsIso"),
+                    by_name("duration", unit="s"),
+                ],
+            ),
+            options={"sortBy": [{"displayName": "duration", "desc": True}]},
+        ),
+    ]
+
+
 def school() -> Json:
     standard = field(
         "Mbits",
@@ -136,6 +202,7 @@ def school() -> Json:
             fieldConfig=field("string", [by_name("since", unit="dateTimeAsIso")]),
             transformations=[HIDE_TIME],
         ),
+        *connectivity(),
     ]
     return dashboard(
         SCHOOL_UID,
