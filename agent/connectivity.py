@@ -288,7 +288,7 @@ class Outage:
 
 @dataclass
 class Hour:
-    """One clock hour's counts (UTC)."""
+    """One period's counts (UTC): a clock hour, or ``report_s`` of one."""
 
     start: float
     checks: int = 0
@@ -301,6 +301,7 @@ class Ledger:
     """What the checks found, kept on disk: the open outage, the hour, what awaits sending."""
 
     interval_s: float
+    report_s: float = 3600.0
     open: Outage | None = None
     hour: Hour | None = None
     last_round: float | None = None
@@ -334,7 +335,7 @@ class Ledger:
             self.open = None
 
     def _roll_hour(self, at: float) -> None:
-        start = at - at % 3600
+        start = at - at % self.report_s
         if self.hour is not None and self.hour.start != start:
             self.hours.append(self.hour)
             self.hour = None
@@ -355,15 +356,16 @@ class Ledger:
         temporary.replace(path)
 
     @classmethod
-    def load(cls, path: Path, interval_s: float) -> Ledger:
+    def load(cls, path: Path, interval_s: float, report_s: float = 3600.0) -> Ledger:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
-            return cls(interval_s)
+            return cls(interval_s, report_s)
         outage = data.get("open")
         hour = data.get("hour")
         return cls(
             interval_s,
+            report_s,
             open=Outage(**outage) if outage else None,
             hour=Hour(**hour) if hour else None,
             last_round=data.get("last_round"),
@@ -391,13 +393,14 @@ class ConnectivityMonitor:
         finished: Callable[[list[Outage], list[Hour]], None],
         *,
         timeout_s: float = 3.0,
+        report_s: float = 3600.0,
     ) -> None:
         self._targets = targets
         self._interval_s = interval_s
         self._path = ledger_path
         self._finished = finished
         self._timeout_s = timeout_s
-        self.ledger = Ledger.load(ledger_path, interval_s)
+        self.ledger = Ledger.load(ledger_path, interval_s, report_s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="connectivity", daemon=True)
 

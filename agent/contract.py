@@ -461,14 +461,16 @@ Count = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
 class ConnectivityReport(Envelope):
-    """Published on ``<root>/<school_id>/connectivity`` once an hour is over.
+    """Published on ``<root>/<school_id>/connectivity`` once a period is over.
 
-    ``measured_at`` is the hour's start (UTC). Each check stands for
-    ``interval_s``; ``down_<cause>_s`` add up the failed ones by cause. Hours
-    the agent was not running have no report.
+    ``measured_at`` is the period's start (UTC); a period is ``period_s`` long,
+    an hour unless the agent's ``connectivity.report_s`` says less. Each check
+    stands for ``interval_s``; ``down_<cause>_s`` add up the failed ones by
+    cause. Periods the agent was not running have no report.
     """
 
     interval_s: Annotated[float, Field(gt=0, le=3600)]
+    period_s: Annotated[float, Field(ge=60, le=3600)] = 3600.0
     checks: Count
     passed: Count
     down_no_route_s: Seconds = 0.0

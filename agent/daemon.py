@@ -132,6 +132,7 @@ class Agent:
                 state_dir / "connectivity.json",
                 self._publish_connectivity,
                 timeout_s=reach.timeout_s,
+                report_s=reach.report_s,
             )
             if reach.enabled
             else None
@@ -324,7 +325,7 @@ class Agent:
         return self.publisher.publish(self._status(AgentState.ONLINE, reason), TopicKind.AGENT)
 
     def _publish_connectivity(self, outages: list[Outage], hours: list[Hour]) -> None:
-        """Each hour that is over and each outage that ended, through the outbox."""
+        """Each period that is over and each outage that ended, through the outbox."""
         for hour in hours:
             down = {f"down_{cause}_s": seconds for cause, seconds in hour.down_s.items()}
             report = ConnectivityReport.model_validate(
@@ -333,6 +334,7 @@ class Agent:
                     "agent_id": self.agent_id,
                     "measured_at": datetime.fromtimestamp(hour.start, UTC),
                     "interval_s": self.settings.connectivity.interval_s,
+                    "period_s": self.settings.connectivity.report_s,
                     "checks": hour.checks,
                     "passed": hour.passed,
                 }

@@ -198,6 +198,8 @@ class ConnectivitySettings(BaseModel):
     enabled: bool = True
     interval_s: float = Field(default=60.0, ge=5, le=3600)
     timeout_s: float = Field(default=3.0, gt=0, le=30)
+    # how long each published count covers: an hour, or a part of one that divides it
+    report_s: int = Field(default=3600, ge=60, le=3600)
     # tcp:HOST:PORT, http:URL (a HEAD) or dns:NAME; empty: the broker, the self-hosted
     # speed servers and the broker's name.
     targets: list[str] = Field(default_factory=list, max_length=20)
@@ -207,6 +209,13 @@ class ConnectivitySettings(BaseModel):
     def _targets_parse(cls, value: list[str]) -> list[str]:
         for spec in value:
             parse_target(spec)
+        return value
+
+    @field_validator("report_s")
+    @classmethod
+    def _report_divides_the_hour(cls, value: int) -> int:
+        if 3600 % value:
+            raise ValueError(f"{value} does not divide an hour: use 3600, 1800, 900, 300 or 60")
         return value
 
 

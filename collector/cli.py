@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "same 30 days (default: %(default)s)")  # fmt: skip
     simulate.add_argument("--tests-per-day", type=float, default=1.0,
                           help="speed tests per school per day (default: %(default)s)")  # fmt: skip
+    simulate.add_argument("--connectivity-days", type=int, default=1, metavar="DAYS",
+                          help="days of hourly reachability checks, with their outages, "
+                          "that each live agent reports (24 reports a day; default: "
+                          "%(default)s)")  # fmt: skip
     simulate.add_argument("--registry-out", type=Path, metavar="FILE.csv",
                           help="also write the registry here")  # fmt: skip
     simulate.add_argument(

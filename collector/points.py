@@ -203,7 +203,7 @@ def connectivity_line(
     """An hour's reachability checks, at the hour's start; ``school_checks`` and
     ``school_passed`` repeat them in a school hour, and are 0 outside."""
     hours = school_hours or SchoolHoursSettings().school_hours()
-    in_school = hours.covers_hour(report.measured_at)
+    in_school = hours.covers_hour(report.measured_at, report.period_s)
     return encode(
         CONNECTIVITY,
         _where(report, place),
@@ -212,6 +212,7 @@ def connectivity_line(
             "passed": report.passed,
             "availability": report.passed / report.checks if report.checks else None,
             "interval_s": float(report.interval_s),
+            "period_s": float(report.period_s),
             "down_no_route_s": float(report.down_no_route_s),
             "down_gateway_s": float(report.down_gateway_s),
             "down_dns_s": float(report.down_dns_s),

@@ -16,8 +16,6 @@ from datetime import datetime, timedelta, tzinfo
 
 from agent.schedule import Window
 
-HALF_HOUR = timedelta(minutes=30)
-
 
 @dataclass(frozen=True)
 class SchoolHours:
@@ -29,6 +27,7 @@ class SchoolHours:
         local = moment.astimezone(self.timezone).time()
         return self.window.start <= local < self.window.end
 
-    def covers_hour(self, hour_start: datetime) -> bool:
-        """Whether the hour starting at ``hour_start`` is a school hour (by its middle)."""
-        return self.covers(hour_start + HALF_HOUR)
+    def covers_hour(self, hour_start: datetime, period_s: float = 3600.0) -> bool:
+        """Whether the hour (or shorter period) starting at ``hour_start`` is a school hour,
+        by its middle."""
+        return self.covers(hour_start + timedelta(seconds=period_s / 2))

@@ -25,7 +25,13 @@ KINDS = {model: kind for kind, model in MESSAGE_MODELS.items()}
 
 def run_simulation(settings: CollectorSettings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC).replace(microsecond=0)
-    fleet = generate(args.schools, now=now, seed=args.seed, tests_per_day=args.tests_per_day)
+    fleet = generate(
+        args.schools,
+        now=now,
+        seed=args.seed,
+        tests_per_day=args.tests_per_day,
+        connectivity_days=args.connectivity_days,
+    )
     if args.registry_out is not None:
         args.registry_out.write_text(fleet.registry_csv())
         print(f"registry of {args.schools} schools written to {args.registry_out}")

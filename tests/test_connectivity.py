@@ -109,6 +109,16 @@ def test_an_hour_that_ends_is_handed_over_whole() -> None:
     assert [(h.start, h.checks, h.passed, h.down_s) for h in hours] == [(0, 60, 59, {"dns": 60.0})]
 
 
+def test_a_shorter_report_period_hands_over_each_period_that_ends() -> None:
+    """connectivity.report_s = 60: a count a minute, on the minute."""
+    ledger = Ledger(interval_s=5, report_s=60)
+    for tick in range(25):  # two minutes and one round
+        ledger.record(Round(5 * tick, "upstream" if tick == 13 else None))
+    _, periods = ledger.take()
+    assert [(p.start, p.checks, p.passed, p.down_s) for p in periods] == [
+        (0, 12, 12, {}), (60, 12, 11, {"upstream": 5.0})]  # fmt: skip
+
+
 def test_while_the_agent_was_not_running_counts_as_neither_up_nor_down(tmp_path: Path) -> None:
     path = tmp_path / "connectivity.json"
     ledger = Ledger(interval_s=60)
