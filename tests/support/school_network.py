@@ -121,8 +121,11 @@ class SchoolNetwork:
         _run("ip", "-n", self.upstream, "addr", "add", f"{HOST_PEER_IP}/24", "dev", there)
         _run("ip", "-n", self.upstream, "link", "set", there, "up")
         _run("ip", "netns", "exec", self.upstream, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        _run("ip", "-n", self.gateway, "route", "add", "10.78.3.0/24", "via", UPSTREAM_IP)
+        self._route_to_host()
         _run("ip", "route", "add", "10.78.1.0/24", "via", HOST_PEER_IP, "dev", here)
+
+    def _route_to_host(self) -> None:
+        _run("ip", "-n", self.gateway, "route", "replace", "10.78.3.0/24", "via", UPSTREAM_IP)
 
     def _wait_reachable(self) -> None:
         deadline = time.monotonic() + 15
@@ -148,6 +151,8 @@ class SchoolNetwork:
     def uplink(self, *, up: bool) -> None:
         """The router's upstream side: the school's link to the internet."""
         _run("ip", "-n", self.gateway, "link", "set", self._links["gw1"], "up" if up else "down")
+        if up and self._host_link is not None:  # the kernel dropped the route with the link
+            self._route_to_host()
 
     def router(self, *, up: bool) -> None:
         """The router's school side: the router switched off, as the school sees it."""
