@@ -267,6 +267,11 @@ def _coverage_chart(report: Report) -> str:
 # -------------------------------------------------------------------- html --
 
 
+def _figure(row: Row) -> str:
+    """The percentage for machines: empty when there is none (a mean without schools)."""
+    return "" if math.isnan(row.percent) else f"{row.percent:.2f}"
+
+
 def _percent(row: Row | None) -> str:
     return "&ndash;" if row is None or math.isnan(row.percent) else f"{row.percent:.1f} %"
 
@@ -296,7 +301,7 @@ def _national_table(report: Report) -> str:
         row = now[metric, NATIONAL]
         lines.append(
             f"<tr data-metric='{metric}' data-region='{NATIONAL}' data-schools='{row.schools}' "
-            f"data-total='{row.total}' data-percent='{row.percent:.2f}'>"
+            f"data-total='{row.total}' data-percent='{_figure(row)}'>"
             f"<td>{metric}</td><td class='n'>{row.schools:,}</td><td class='n'>{row.total:,}</td>"
             f"<td class='n'><b>{_percent(row)}</b></td>"
             f"<td class='n'>{_percent(before.get((metric, NATIONAL)))}</td>"
@@ -319,7 +324,7 @@ def _regions_table(report: Report) -> str:
             cells.append(
                 f"<td class='n' data-metric='{metric}' data-region='{html.escape(region)}' "
                 f"data-schools='{row.schools}' data-total='{row.total}' "
-                f"data-percent='{row.percent:.2f}'>{_percent(row)}</td>"
+                f"data-percent='{_figure(row)}'>{_percent(row)}</td>"
                 f"<td class='n'>{_change(row, before.get((metric, region)))}</td>"
             )
         total = now["reporting", region].total

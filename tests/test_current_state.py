@@ -183,12 +183,13 @@ def test_a_school_is_on_the_alert_list_while_flagged_and_leaves_it_with_one_poin
     def alerts(tick: int, refresh: bool = False) -> list[str]:
         return [line for line in state.lines(tick, refresh) if line.startswith("school_alert,")]
 
-    assert alerts(at) == [f"school_alert,region=R,school_id=KZ-1 flagged=1i,online=0i {at}"]
+    head = "school_alert,region=R,school_id=KZ-1"
+    assert alerts(at) == [f"{head} flagged=1i,in_school_hours=0i,online=0i {at}"]
     assert alerts(at + 60 * NS) == []
     assert len(alerts(at + 120 * NS, refresh=True)) == 1  # in every reader's window
     school.add_agent("online", at + 130 * NS, 1)
     assert alerts(at + 180 * NS) == [
-        f"school_alert,region=R,school_id=KZ-1 flagged=0i,online=1i {at + 180 * NS}"
+        f"{head} flagged=0i,in_school_hours=0i,online=1i {at + 180 * NS}"
     ]  # the rule sees it fine, and resolves
     assert alerts(at + 240 * NS, refresh=True) == []
     for second, mbps in enumerate((5.0, 30.0, 12.0, 8.0)):  # the latest three: 30, 12, 8
@@ -196,7 +197,7 @@ def test_a_school_is_on_the_alert_list_while_flagged_and_leaves_it_with_one_poin
     assert alerts(at + 300 * NS) == []
     school.add_result(at + 310 * NS, True, 3.0)  # then 12, 8, 3
     (line,) = alerts(at + 360 * NS)
-    assert "flagged=1i,last3_max_mbps=12" in line
+    assert "flagged=1i,in_school_hours=0i,last3_max_mbps=12" in line
 
 
 def test_a_school_fine_again_while_no_keeper_ran_leaves_the_alert_list(database: Influx) -> None:
