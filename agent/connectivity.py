@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -188,23 +189,21 @@ class DnsTarget:
 class HttpTarget:
     name: str
     url: str
-    # One client for every round: a new one loads the CA certificates again (30 ms of
-    # CPU a round, measured by tests/bench/connectivity_cost.py). No connection is kept
-    # between rounds, so each round connects afresh, as a check must.
-    _clients: list[Any] = field(default_factory=list, compare=False, repr=False)
 
+    @cached_property
     def _client(self) -> Any:
+        """One client for every round: a new one loads the CA certificates again (30 ms of
+        CPU a round, measured by tests/bench/connectivity_cost.py). It keeps no connection
+        between rounds, so each round connects afresh, as a check must."""
         import httpx  # noqa: PLC0415 - only with an HTTP target
 
-        if not self._clients:
-            self._clients.append(httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)))
-        return self._clients[0]
+        return httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
     def check(self, timeout_s: float) -> str | None:
         import httpx  # noqa: PLC0415 - only with an HTTP target
 
         try:
-            self._client().head(self.url, timeout=timeout_s)
+            self._client.head(self.url, timeout=timeout_s)
         except httpx.ConnectError as exc:
             text = str(exc)
             hint = "dns" if "Name or service not known" in text or "resolution" in text else "net"

@@ -130,6 +130,15 @@ def parse_timezone(text: str) -> tzinfo:
         ) from exc
 
 
+def _known_timezone(text: str) -> str:
+    parse_timezone(text)
+    return text
+
+
+# A time-zone setting, checked when read (parse_timezone gives its tzinfo).
+TimezoneText = Annotated[str, AfterValidator(_known_timezone)]
+
+
 class ScheduleSettings(BaseModel):
     """When the daemon tests the speed: see agent/schedule.py."""
 
@@ -138,7 +147,7 @@ class ScheduleSettings(BaseModel):
     windows: list[str] = Field(
         default_factory=lambda: ["08:00-12:00", "12:00-16:00", "16:00-20:00"], min_length=1
     )
-    timezone: str = "+05:00"
+    timezone: TimezoneText = "+05:00"
     startup_test: bool = True
     retries: int = Field(default=3, ge=0, le=10)
     retry_interval_min: float = Field(default=15.0, gt=0, le=24 * 60)
@@ -148,12 +157,6 @@ class ScheduleSettings(BaseModel):
     def _windows_parse(cls, value: list[str]) -> list[str]:
         for text in value:
             Window.parse(text)
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone_parses(cls, value: str) -> str:
-        parse_timezone(value)
         return value
 
     def parsed_windows(self) -> list[Window]:

@@ -17,7 +17,7 @@ from agent.broker import BrokerSettings
 from agent.config_file import FileSettings
 from agent.contract import DEFAULT_CAPABILITIES_TOPIC, DEFAULT_TOPIC_ROOT, MAX_PAYLOAD_BYTES
 from agent.schedule import Window
-from agent.settings import LogLevel, TopicRoot, parse_timezone
+from agent.settings import LogLevel, TimezoneText, TopicRoot, parse_timezone
 from collector.rollout_rules import Rules
 from collector.school_hours import SchoolHours
 
@@ -124,18 +124,12 @@ class SchoolHoursSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hours: str = "08:00-20:00"
-    timezone: str = "+05:00"
+    timezone: TimezoneText = "+05:00"
 
     @field_validator("hours")
     @classmethod
     def _hours_parse(cls, value: str) -> str:
         Window.parse(value)
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone_parses(cls, value: str) -> str:
-        parse_timezone(value)
         return value
 
     def school_hours(self) -> SchoolHours:
