@@ -99,12 +99,19 @@ def offline_internet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offli
     speed_servers = [
         subprocess.Popen(
             [*inside, sys.executable, "-m", "collector", "speed-server", "--port", port],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            text=True,
             cwd=str(REPO),
         )
         for port in ("8081", "8082")
     ]
+    # The server prints its "listening" line once bound; without waiting, a
+    # loaded CI machine ran the first test before 8082 was listening.
+    for server in speed_servers:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("speed server listening"), line
     fake = subprocess.Popen(
         [
             *inside,
