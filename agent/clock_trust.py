@@ -39,7 +39,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
-from agent.contract import DevicesReport, Envelope
+from agent.contract import DevicesReport, Envelope, OutageReport
 
 TIME_ERROR = 5  # adjtimex's answer while the clock is unsynchronised
 TIMESYNCD_MARKER = Path("/run/systemd/timesync/synchronized")
@@ -212,9 +212,12 @@ class TimeKeeper:
 
 def restamped(message: Envelope, true_measured_s: float) -> Envelope:
     """``message`` with ``measured_at`` at its true time, and every other time it carries
-    (a device's ``changed_at``) moved by the same amount: they came from the same clock."""
+    (a device's ``changed_at``, an outage's ``ended_at``) moved by the same amount: they
+    came from the same clock."""
     delta = timedelta(seconds=true_measured_s - message.measured_at.timestamp())
     update: dict[str, object] = {"measured_at": message.measured_at + delta}
+    if isinstance(message, OutageReport):
+        update["ended_at"] = message.ended_at + delta
     if isinstance(message, DevicesReport):
         update["devices"] = [
             device.model_copy(update={"changed_at": device.changed_at + delta})

@@ -24,6 +24,17 @@ one interval of the truth), or where the cause changes. Outages and the
 hour's counts live in a small JSON file in the state directory, so a restart
 loses neither; the time the agent was not running counts as neither up nor
 down.
+
+A wrong clock (a Raspberry Pi before NTP, agent/clock_trust.py) must not
+misdate them. Each round notes the monotonic time beside the wall clock's, and
+each period and outage keeps the monotonic time of its start: the publisher
+holds what began while the clock was not believed and dates it once the clock
+can be (its true time moves the period's start and the outage's end alike). A
+jump of the wall clock between two rounds (NTP stepping it) hands the period
+over and ends the open outage where the last round before the jump stood, so
+no count or duration spans the jump. After a reboot the monotonic times mean
+nothing: what was recorded under a clock not believed is dropped, with a
+warning, and the rest keeps its wall-clock times.
 """
 
 from __future__ import annotations
@@ -38,9 +49,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from agent.clock_trust import kernel_boot_id
+from agent.contract import ConnectivityReport, OutageCause, OutageReport
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +64,7 @@ CAUSES: tuple[Cause, ...] = ("no_route", "gateway", "dns", "upstream")
 ROUTES = Path("/proc/net/route")
 ARP = Path("/proc/net/arp")
 ARP_COMPLETE = 0x2
+STEP_S = 2.0  # a wall clock that moved this much more or less than the monotonic one jumped
 DISCARD_PORT = 9  # a datagram here makes the kernel resolve the gateway's link address
 GATEWAY_PORT = 53  # a router answers here, or resets
 
@@ -252,9 +268,11 @@ def default_targets(broker: tuple[str, int] | None, speed_urls: Iterable[str]) -
 
 @dataclass(frozen=True)
 class Round:
-    at: float  # epoch seconds when it ran
+    at: float  # epoch seconds when it ran, by the system clock
     cause: Cause | None  # None: every target answered
     detail: str = ""
+    mono: float | None = None  # CLOCK_MONOTONIC when it ran (None: as ``at``)
+    believed: bool = True  # whether the system clock could be believed then
 
 
 def check_round(
@@ -264,21 +282,27 @@ def check_round(
     gateway: Callable[[], tuple[str, str] | None] = default_gateway,
     answers: Callable[[str, float], bool] = gateway_answers,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    believed: Callable[[], bool] = lambda: True,
 ) -> Round:
     """Check every target; classify a failure by the most basic layer that failed."""
-    at = clock()
+    at, mono, trusted = clock(), monotonic(), believed()
     failures = [(t.name, problem) for t in targets if (problem := t.check(timeout_s))]
+    cause: Cause | None
     if not failures:
-        return Round(at, None)
-    detail = "; ".join(f"{name}: {problem}" for name, problem in failures)[:300]
-    route = gateway()
-    if route is None:
-        return Round(at, "no_route", detail)
-    if not answers(route[1], min(timeout_s, 2.0)):
-        return Round(at, "gateway", f"gateway {route[1]} on {route[0]} does not answer")
-    if any(problem.startswith("net:") for _, problem in failures):
-        return Round(at, "upstream", detail)  # (names fail too when their server is beyond)
-    return Round(at, "dns", detail)
+        cause, detail = None, ""
+    else:
+        detail = "; ".join(f"{name}: {problem}" for name, problem in failures)[:300]
+        route = gateway()
+        if route is None:
+            cause = "no_route"
+        elif not answers(route[1], min(timeout_s, 2.0)):
+            cause, detail = "gateway", f"gateway {route[1]} on {route[0]} does not answer"
+        elif any(problem.startswith("net:") for _, problem in failures):
+            cause = "upstream"  # (names fail too when their server is beyond)
+        else:
+            cause = "dns"
+    return Round(at, cause, detail, mono, trusted)
 
 
 # ----------------------------------------------------------------- outages --
@@ -290,10 +314,25 @@ class Outage:
     end: float | None
     cause: Cause
     detail: str = ""
+    start_mono: float | None = None  # monotonic time of ``start``; None after a reboot
+    unsynced: bool = False  # a round in it was taken while the clock was not believed
 
     @property
     def duration_s(self) -> float:
         return (self.end or self.start) - self.start
+
+    def report(self, school_id: str, agent_id: str) -> OutageReport:
+        """The message that tells the collector (times by this machine's clock)."""
+        ended = self.end if self.end is not None else self.start
+        return OutageReport(
+            school_id=school_id,
+            agent_id=agent_id,
+            measured_at=datetime.fromtimestamp(self.start, UTC),
+            ended_at=datetime.fromtimestamp(ended, UTC),
+            duration_s=max(0.0, ended - self.start),
+            cause=OutageCause(self.cause),
+            detail=self.detail[:200] or None,
+        )
 
 
 @dataclass
@@ -304,6 +343,27 @@ class Hour:
     checks: int = 0
     passed: int = 0
     down_s: dict[str, float] = field(default_factory=dict)
+    start_mono: float | None = None  # monotonic time of ``start``; None after a reboot
+    unsynced: bool = False  # a round in it was taken while the clock was not believed
+
+    def report(
+        self, school_id: str, agent_id: str, interval_s: float, period_s: float
+    ) -> ConnectivityReport:
+        """The message that tells the collector (its start by this machine's clock)."""
+        down = {f"down_{cause}_s": seconds for cause, seconds in self.down_s.items()}
+        return ConnectivityReport.model_validate(
+            {
+                "school_id": school_id,
+                "agent_id": agent_id,
+                "measured_at": datetime.fromtimestamp(self.start, UTC),
+                "interval_s": interval_s,
+                "period_s": period_s,
+                "checks": self.checks,
+                "passed": self.passed,
+            }
+            | down,
+            strict=False,
+        )
 
 
 @dataclass
@@ -317,15 +377,23 @@ class Ledger:
     last_round: float | None = None
     ended: list[Outage] = field(default_factory=list)  # not yet published
     hours: list[Hour] = field(default_factory=list)  # finished, not yet published
+    boot_id: str = ""  # the machine's boot the monotonic times belong to
+    last_mono: float | None = None
 
     def record(self, found: Round) -> None:
         """Add one round's result."""
-        self._roll_hour(found.at)
-        assert self.hour is not None  # noqa: S101 - set by _roll_hour
-        if self.last_round is not None and found.at - self.last_round > 3 * self.interval_s:
-            # The agent was not running: neither up nor down; the last round stood for its interval.
+        mono = found.at if found.mono is None else found.mono
+        if self.last_round is not None and self._discontinuous(found.at, mono):
+            # The agent was not running, or the clock jumped: neither up nor down since
+            # the last round, which stood for its interval.
             self._close(self.last_round + self.interval_s)
+            if self.hour is not None:
+                self.hours.append(self.hour)
+                self.hour = None
+        self._roll_hour(found.at, mono)
+        assert self.hour is not None  # noqa: S101 - set by _roll_hour
         self.hour.checks += 1
+        self.hour.unsynced |= not found.believed
         if found.cause is None:
             self.hour.passed += 1
             self._close(found.at)
@@ -335,8 +403,23 @@ class Ledger:
             if self.open is not None and self.open.cause != found.cause:
                 self._close(found.at)
             if self.open is None:
-                self.open = Outage(found.at, None, found.cause, found.detail)
-        self.last_round = found.at
+                self.open = Outage(found.at, None, found.cause, found.detail, start_mono=mono)
+            self.open.unsynced |= not found.believed
+        self.last_round, self.last_mono = found.at, mono
+
+    def _discontinuous(self, at: float, mono: float) -> bool:
+        """Whether the time since the last round is a gap (not running) or a clock jump."""
+        assert self.last_round is not None  # noqa: S101 - checked by the caller
+        wall_gap = at - self.last_round
+        if wall_gap < 0 or wall_gap > 3 * self.interval_s:
+            return True
+        if self.last_mono is None:
+            return False
+        jump = wall_gap - (mono - self.last_mono)
+        if abs(jump) > STEP_S:
+            log.info("the system clock jumped by %+.0f s; a new connectivity period begins", jump)
+            return True
+        return False
 
     def _close(self, at: float) -> None:
         if self.open is not None:
@@ -344,13 +427,13 @@ class Ledger:
             self.ended.append(self.open)
             self.open = None
 
-    def _roll_hour(self, at: float) -> None:
+    def _roll_hour(self, at: float, mono: float) -> None:
         start = at - at % self.report_s
         if self.hour is not None and self.hour.start != start:
             self.hours.append(self.hour)
             self.hour = None
         if self.hour is None:
-            self.hour = Hour(start)
+            self.hour = Hour(start, start_mono=mono - (at - start))
 
     def take(self) -> tuple[list[Outage], list[Hour]]:
         """What ended and what finished since the last call (to publish)."""
@@ -366,22 +449,57 @@ class Ledger:
         temporary.replace(path)
 
     @classmethod
-    def load(cls, path: Path, interval_s: float, report_s: float = 3600.0) -> Ledger:
+    def load(
+        cls, path: Path, interval_s: float, report_s: float = 3600.0, boot_id: str = ""
+    ) -> Ledger:
+        """The ledger saved at ``path``; a fresh one if there is none or it is damaged.
+
+        Saved in another boot of the machine (``boot_id``), its monotonic times mean
+        nothing: what was recorded while the clock was not believed cannot be dated
+        and is dropped; the rest keeps its wall-clock times.
+        """
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return cls(interval_s, report_s)
-        outage = data.get("open")
-        hour = data.get("hour")
-        return cls(
-            interval_s,
-            report_s,
-            open=Outage(**outage) if outage else None,
-            hour=Hour(**hour) if hour else None,
-            last_round=data.get("last_round"),
-            ended=[Outage(**o) for o in data.get("ended", [])],
-            hours=[Hour(**h) for h in data.get("hours", [])],
-        )
+            outage, hour = data.get("open"), data.get("hour")
+            ledger = cls(
+                interval_s,
+                report_s,
+                open=Outage(**outage) if outage else None,
+                hour=Hour(**hour) if hour else None,
+                last_round=data.get("last_round"),
+                ended=[Outage(**o) for o in data.get("ended", [])],
+                hours=[Hour(**h) for h in data.get("hours", [])],
+                boot_id=data.get("boot_id", ""),
+                last_mono=data.get("last_mono"),
+            )
+        except (OSError, ValueError, TypeError, AttributeError):
+            return cls(interval_s, report_s, boot_id=boot_id)
+        if ledger.boot_id != boot_id:
+            ledger._forget_monotonic(boot_id)
+        return ledger
+
+    def _forget_monotonic(self, boot_id: str) -> None:
+        """A new boot: what was open is over; drop what cannot be dated, keep the wall-clock
+        times of the rest."""
+        if self.last_round is not None:
+            self._close(self.last_round + self.interval_s)
+        if self.hour is not None:
+            self.hours.append(self.hour)
+            self.hour = None
+        pieces: list[Outage | Hour] = [*self.ended, *self.hours]
+        lost = sum(1 for piece in pieces if piece.unsynced)
+        if lost:
+            log.warning(
+                "%d connectivity record(s) made before a restart while the clock was not "
+                "synchronised cannot be dated and were dropped; make sure NTP can reach "
+                "its servers (timedatectl)",
+                lost,
+            )
+        self.ended = [o for o in self.ended if not o.unsynced]
+        self.hours = [h for h in self.hours if not h.unsynced]
+        for piece in pieces:
+            piece.start_mono = None  # (the dropped ones too: harmless)
+        self.boot_id, self.last_round, self.last_mono = boot_id, None, None
 
 
 # ----------------------------------------------------------------- monitor --
@@ -392,7 +510,9 @@ class ConnectivityMonitor:
 
     ``finished(outages, hours)`` receives each outage once it ended and each
     hour once it is over (the agent publishes them through its outbox). The
-    ledger is saved after every round.
+    ledger is saved after every round. ``believed`` says whether the system
+    clock can be believed (the agent's TimeKeeper); ``boot_id`` is the machine's
+    boot, for the monotonic times the ledger keeps.
     """
 
     def __init__(
@@ -404,13 +524,16 @@ class ConnectivityMonitor:
         *,
         timeout_s: float = 3.0,
         report_s: float = 3600.0,
+        believed: Callable[[], bool] = lambda: True,
+        boot_id: str | None = None,
     ) -> None:
         self._targets = targets
         self._interval_s = interval_s
         self._path = ledger_path
         self._finished = finished
         self._timeout_s = timeout_s
-        self.ledger = Ledger.load(ledger_path, interval_s, report_s)
+        self._believed = believed
+        self.ledger = Ledger.load(ledger_path, interval_s, report_s, boot_id or kernel_boot_id())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="connectivity", daemon=True)
 
@@ -423,7 +546,7 @@ class ConnectivityMonitor:
             self._thread.join(self._interval_s + 15)
 
     def run_once(self) -> Round:
-        found = check_round(self._targets, self._timeout_s)
+        found = check_round(self._targets, self._timeout_s, believed=self._believed)
         self.ledger.record(found)
         outages, hours = self.ledger.take()
         if outages or hours:

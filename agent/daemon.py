@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from agent import __version__
 from agent.broker import BrokerError
@@ -20,10 +20,7 @@ from agent.connectivity import ConnectivityMonitor, Hour, Outage, parse_target
 from agent.contract import (
     AgentState,
     AgentStatus,
-    ConnectivityReport,
     DeviceObservation,
-    OutageCause,
-    OutageReport,
     SpeedMeasurement,
     SpeedReport,
     SpeedResult,
@@ -89,6 +86,7 @@ class Agent:
             max_age_s=keep.max_age_days * 86_400,
         )
         sync = KernelSync() if settings.clock.hold_unsynced else Unchecked()
+        self.time_keeper = TimeKeeper(sync)
         self.publisher = Publisher(
             settings.mqtt,
             self.outbox,
@@ -97,7 +95,7 @@ class Agent:
             agent_id=self.agent_id,
             boot_id=self.boot_id,
             version=__version__,
-            time_keeper=TimeKeeper(sync),
+            time_keeper=self.time_keeper,
         )
         self.tester = SpeedTester(settings.speedtest)
         plan = settings.schedule
@@ -133,6 +131,8 @@ class Agent:
                 self._publish_connectivity,
                 timeout_s=reach.timeout_s,
                 report_s=reach.report_s,
+                believed=self.time_keeper.synchronised,
+                boot_id=self.time_keeper.boot_id,
             )
             if reach.enabled
             else None
@@ -325,43 +325,30 @@ class Agent:
         return self.publisher.publish(self._status(AgentState.ONLINE, reason), TopicKind.AGENT)
 
     def _publish_connectivity(self, outages: list[Outage], hours: list[Hour]) -> None:
-        """Each period that is over and each outage that ended, through the outbox."""
+        """Each period that is over and each outage that ended, through the outbox, dated
+        by the monotonic time of their start (held while the clock cannot be believed)."""
+        reach = self.settings.connectivity
         for hour in hours:
-            down = {f"down_{cause}_s": seconds for cause, seconds in hour.down_s.items()}
-            report = ConnectivityReport.model_validate(
-                {
-                    "school_id": self.school_id,
-                    "agent_id": self.agent_id,
-                    "measured_at": datetime.fromtimestamp(hour.start, UTC),
-                    "interval_s": self.settings.connectivity.interval_s,
-                    "period_s": self.settings.connectivity.report_s,
-                    "checks": hour.checks,
-                    "passed": hour.passed,
-                }
-                | down,
-                strict=False,
-            )
-            self.publisher.publish(report, TopicKind.CONNECTIVITY)
-        for outage in outages:
-            ended = outage.end if outage.end is not None else outage.start
             self.publisher.publish(
-                OutageReport(
-                    school_id=self.school_id,
-                    agent_id=self.agent_id,
-                    measured_at=datetime.fromtimestamp(outage.start, UTC),
-                    ended_at=datetime.fromtimestamp(ended, UTC),
-                    duration_s=max(0.0, ended - outage.start),
-                    cause=OutageCause(outage.cause),
-                    detail=outage.detail[:200] or None,
-                ),
+                hour.report(self.school_id, self.agent_id, reach.interval_s, reach.report_s),
+                TopicKind.CONNECTIVITY,
+                measured_monotonic=hour.start_mono,
+                time_known=hour.start_mono is None,
+            )
+        for outage in outages:
+            report = outage.report(self.school_id, self.agent_id)
+            self.publisher.publish(
+                report,
                 TopicKind.OUTAGE,
+                measured_monotonic=outage.start_mono,
+                time_known=outage.start_mono is None,
             )
             log.warning(
-                "outage: %s for %.0f s from %s (%s)",
-                outage.cause,
-                ended - outage.start,
-                datetime.fromtimestamp(outage.start, UTC).isoformat(timespec="seconds"),
-                outage.detail[:200],
+                "outage: %s for %.0f s from %s by this machine's clock (%s)",
+                report.cause,
+                report.duration_s,
+                report.measured_at.isoformat(timespec="seconds"),
+                report.detail or "",
             )
 
     def _log_broker_answers(self) -> None:

@@ -240,18 +240,25 @@ class Publisher:
         )
 
     def publish(
-        self, message: Envelope, kind: TopicKind, *, measured_monotonic: float | None = None
+        self,
+        message: Envelope,
+        kind: TopicKind,
+        *,
+        measured_monotonic: float | None = None,
+        time_known: bool = False,
     ) -> int:
         """Store ``message`` in the outbox (on disk when this returns); return its outbox id.
 
         ``measured_monotonic``: the monotonic time of ``measured_at`` (default: now, for
         a message stamped just now). While the clock cannot be believed the message is
         held until it can be dated; a status is then sent at once instead, not kept
-        (0 is returned): the collector stores it at its arrival.
+        (0 is returned): the collector stores it at its arrival. ``time_known``: the
+        ``measured_at`` was stamped while the clock was believed (a record kept from
+        before a reboot), so it is sent as it is.
         """
         if measured_monotonic is None:
             measured_monotonic = self._time.monotonic_of(message.measured_at.timestamp())
-        believed = self._time.believed(measured_monotonic)
+        believed = time_known or self._time.believed(measured_monotonic)
         if kind is TopicKind.AGENT and not believed:
             self._send_live(message, kind)
             return 0

@@ -15,6 +15,7 @@ import pytest
 from localstack import Mosquitto, Process
 
 from agent.clock_trust import KernelSync, TimeKeeper, restamped
+from agent.connectivity import Cause, Ledger, Round
 from agent.contract import (
     AgentState,
     DeviceKind,
@@ -240,3 +241,55 @@ def test_a_receipt_that_took_long_to_come_back_does_not_set_the_time() -> None:
 
 def test_the_kernel_answers_whether_this_clock_is_synchronised() -> None:
     assert KernelSync().synchronised() in (True, False)  # adjtimex(2) read, not a guess
+
+
+def test_connectivity_counted_under_a_wrong_clock_is_stored_at_its_true_time(
+    broker: Mosquitto,
+    collector: Process,
+    database: Influx,
+    topic_root: str,
+    school_id: str,
+    tmp_path: Path,
+    publishers: list[Publisher],
+) -> None:
+    """A period's counts and an outage, recorded two days behind, are held, then stored at
+    their true start once the clock syncs; the outage's end moves with its start."""
+    clock = WrongClock(BEHIND)
+    keeper = TimeKeeper(clock, wall=clock.wall)
+    outbox = Outbox(tmp_path / "outbox.db")
+    publisher = _publisher(publishers, broker, topic_root, school_id, outbox, keeper)
+    ledger = Ledger(interval_s=5, report_s=60, boot_id=keeper.boot_id)
+    wall, mono = clock.wall(), time.monotonic()
+    for tick in range(-30, 1):  # the last two and a half minutes, rounds every 5 s
+        cause: Cause | None = "upstream" if -20 <= tick < -16 else None
+        at = wall + 5 * tick
+        ledger.record(Round(at, cause, mono=mono + 5 * tick, believed=keeper.synchronised()))
+    outages, periods = ledger.take()
+    assert len(outages) == 1
+    assert len(periods) >= 2
+    for period in periods:
+        publisher.publish(
+            period.report(school_id, "a1", 5, 60),
+            TopicKind.CONNECTIVITY,
+            measured_monotonic=period.start_mono,
+        )
+    outage = outages[0].report(school_id, "a1")
+    publisher.publish(outage, TopicKind.OUTAGE, measured_monotonic=outages[0].start_mono)
+    assert outbox.stats().held == len(periods) + 1
+
+    clock.sync()
+    wait_for(lambda: outbox.stats().messages == 0, what="the held counts dated, sent, confirmed")
+    offset = time.time() - time.monotonic()  # the true time of a monotonic instant
+    rows = database.rows(f"SELECT checks FROM connectivity WHERE school_id = '{school_id}'")
+    stored = sorted(datetime.fromisoformat(row["time"]).timestamp() for row in rows)
+    truth = sorted(p.start_mono + offset for p in periods if p.start_mono is not None)
+    assert stored == pytest.approx(truth, abs=0.5)  # not two days off
+    rows = database.rows(
+        f"SELECT duration_s, ended_at_ms FROM outage WHERE school_id = '{school_id}'"
+    )
+    assert len(rows) == 1
+    start = datetime.fromisoformat(rows[0]["time"]).timestamp()
+    assert start == pytest.approx(mono - 100 + offset, abs=0.5)
+    assert rows[0]["duration_s"] == 20.0
+    assert rows[0]["ended_at_ms"] / 1000 == pytest.approx(start + 20.0, abs=0.01)
+    assert _rejected(database) == 0.0

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.connectivity import (
+    Cause,
     Ledger,
     Round,
     _arp_complete,
@@ -137,3 +138,60 @@ def test_a_damaged_ledger_file_starts_afresh(tmp_path: Path) -> None:
     path = tmp_path / "connectivity.json"
     path.write_text("{not json")
     assert Ledger.load(path, interval_s=60).open is None
+
+
+TWO_DAYS = 2 * 86_400.0
+
+
+def test_a_clock_that_jumps_ends_the_period_and_the_outage_where_the_last_round_stood() -> None:
+    """NTP steps a clock two days behind to the right time in the middle of an outage: no
+    count or duration spans the jump, and each start keeps its monotonic time."""
+    ledger = Ledger(interval_s=60)
+    wall, mono = 1_000_020.0, 500.0  # two days behind; 1_000_020 is 20 s into an hour
+    causes: list[Cause | None] = [None, None, "upstream", "upstream"]
+    for minute, cause in enumerate(causes):
+        ledger.record(Round(wall + 60 * minute, cause, mono=mono + 60 * minute, believed=False))
+    ledger.record(Round(wall + TWO_DAYS + 240, None, mono=mono + 240, believed=True))
+
+    outages, periods = ledger.take()
+    assert [(o.start, o.end, o.start_mono, o.unsynced) for o in outages] == [
+        (wall + 120, wall + 240, mono + 120, True)]  # fmt: skip
+    assert outages[0].duration_s == 120  # not two days
+    into_hour = wall % 3600
+    assert [(p.start, p.start_mono, p.checks, p.passed) for p in periods] == [
+        (wall - into_hour, mono - into_hour, 4, 2)]  # fmt: skip
+    assert ledger.hour is not None
+    assert (ledger.hour.checks, ledger.hour.unsynced) == (1, False)
+    assert ledger.hour.start_mono == mono + 240 - (wall + TWO_DAYS + 240) % 3600
+
+
+def test_a_clock_set_back_also_starts_afresh() -> None:
+    ledger = Ledger(interval_s=60)
+    ledger.record(Round(10_000.0, "dns", mono=50.0))
+    ledger.record(Round(10_060.0 - 3 * 3600, "dns", mono=110.0))
+    outages, periods = ledger.take()
+    assert [(o.start, o.end) for o in outages] == [(10_000.0, 10_060.0)]  # ends, never negative
+    assert [p.checks for p in periods] == [1]
+
+
+def test_after_a_reboot_what_the_wrong_clock_recorded_is_dropped_and_the_rest_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "connectivity.json"
+    ledger = Ledger(interval_s=60, boot_id="boot-1")
+    for minute in range(61):  # an hour under a believed clock, with one outage in it
+        ledger.record(Round(60 * minute, "dns" if minute == 5 else None, mono=60.0 * minute))
+    for minute in range(61, 64):  # then the clock is not believed
+        ledger.record(Round(60 * minute, "gateway", mono=60.0 * minute, believed=False))
+    ledger.save(path)
+
+    again = Ledger.load(path, interval_s=60, boot_id="boot-2")
+    outages, periods = again.take()
+    assert [(o.cause, o.start, o.start_mono) for o in outages] == [("dns", 300, None)]
+    assert [(p.start, p.checks, p.start_mono) for p in periods] == [(0, 60, None)]
+    assert again.open is None
+    assert again.hour is None
+
+    same_boot = Ledger.load(path, interval_s=60, boot_id="boot-1")
+    assert same_boot.open is not None
+    assert same_boot.open.start_mono == 61 * 60.0
