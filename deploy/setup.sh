@@ -50,6 +50,12 @@ if [ "$extras" = "[dev]" ]; then
     command -v npm >/dev/null || packages+=(npm)  # and Grafana's schema, below
     # The report is checked as a person sees it: rendered by a headless browser.
     command -v chromium >/dev/null || packages+=(chromium)
+    # The agent's Debian package is built (apt-ftparchive for its repository, readelf
+    # for its CPU) and installed in a Debian 12 root made with debootstrap.
+    command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || packages+=(debootstrap)
+    command -v apt-ftparchive >/dev/null || packages+=(apt-utils)
+    command -v readelf >/dev/null || packages+=(binutils)
+    command -v gpg >/dev/null || packages+=(gpg)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "setup: installing ${packages[*]} from Debian's packages"
@@ -85,13 +91,34 @@ fi
 [ -x .venv/bin/python ] || step "python3 -m venv needs Debian's python3-venv: apt-get install python3-venv, then run deploy/setup.sh again" \
     python3 -m venv .venv
 stamp=".venv/.school-monitor-installed"
-hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+hash="$(cat pyproject.toml deploy/requirements.lock | sha256sum | cut -d' ' -f1)"
 want="${hash}${extras}"
 have="$(cat "$stamp" 2>/dev/null || true)"
 # An install with the dev tools also serves a runtime-only request.
 if [ "$have" != "$want" ] && [ "$have" != "${hash}[dev]" ]; then
-    echo "setup: installing school-monitor${extras} into .venv"
+    echo "setup: installing school-monitor${extras} into .venv (versions pinned by deploy/requirements.lock)"
+    # The lock's pins, without their hashes, constrain the runtime dependencies; the
+    # test and lint tools are not in it.
+    grep -E '^[A-Za-z0-9][A-Za-z0-9._-]*==' deploy/requirements.lock | sed 's/[[:space:]\\]*$//' \
+        > .venv/constraints.txt
     step "PyPI (pypi.org) must be reachable, or pip's proxy set (pip config list); then run deploy/setup.sh again" \
-        .venv/bin/pip install --quiet --disable-pip-version-check -e ".${extras}"
+        .venv/bin/pip install --quiet --disable-pip-version-check -c .venv/constraints.txt -e ".${extras}"
     echo "$want" > "$stamp"
+fi
+
+# A Debian 12 root for the package tests (tests/test_package.py), made once.
+debian_root=.run/debian-bookworm.tar
+if [ "$extras" = "[dev]" ] && [ ! -f "$debian_root" ]; then
+    echo "setup: making a Debian 12 root for the package tests (debootstrap; about a minute)"
+    debian_dir=$(mktemp -d)
+    trap 'rm -rf "$debian_dir"' EXIT
+    step "Debian's mirror (deb.debian.org) must be reachable for debootstrap; then run deploy/setup.sh --dev again" \
+        $sudo debootstrap --variant=minbase --include=python3.11,systemd,unattended-upgrades,gpgv \
+        bookworm "$debian_dir/root" http://deb.debian.org/debian
+    mkdir -p .run
+    step "could not pack the Debian root into $debian_root (disk space? df -h .run)" \
+        $sudo tar -cf "$debian_root.tmp" -C "$debian_dir/root" .
+    mv "$debian_root.tmp" "$debian_root"
+    $sudo rm -rf "$debian_dir"
+    trap - EXIT
 fi
