@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
@@ -129,6 +129,11 @@ class Envelope(_Strict):
     school_id: SchoolId
     agent_id: AgentId
     measured_at: AwareDatetime = Field(default_factory=utc_now)
+
+    def complete_at(self) -> datetime:
+        """When what the message says was complete, so could be sent: ``measured_at``,
+        unless the message covers a span that starts there."""
+        return self.measured_at
 
 
 # ---------------------------------------------------------------- speed ----
@@ -402,6 +407,18 @@ class RejectionCounts(_Strict):
     last_at: AwareDatetime | None = None
 
 
+class ConfigState(_Strict):
+    """The ministry's remote configuration at this agent (agent/remote_config.py)."""
+
+    # What is in force: "local", or each scope's version, e.g. "all:4,region:2".
+    version: Annotated[str, StringConstraints(max_length=100)]
+    refused_total: ByteCount = 0
+    refused_by_reason: Annotated[dict[str, ByteCount], Field(max_length=20)] = Field(
+        default_factory=dict
+    )
+    last_refusal: ShortText | None = None
+
+
 class AgentState(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
@@ -436,6 +453,8 @@ class AgentStatus(Envelope):
     last_stored_at: AwareDatetime | None = None
     # Whether the system clock was synchronised; None from agents that cannot tell.
     clock_synced: bool | None = None
+    # The remote configuration; None from agents without the ministry's key.
+    config: ConfigState | None = None
 
     @model_validator(mode="after")
     def _online_carries_health(self) -> Self:
@@ -478,6 +497,9 @@ class ConnectivityReport(Envelope):
     down_dns_s: Seconds = 0.0
     down_upstream_s: Seconds = 0.0
 
+    def complete_at(self) -> datetime:
+        return self.measured_at + timedelta(seconds=self.period_s)
+
     @model_validator(mode="after")
     def _passed_within_checks(self) -> Self:
         if self.passed > self.checks:
@@ -497,6 +519,9 @@ class OutageReport(Envelope):
     duration_s: Seconds
     cause: OutageCause
     detail: ShortText | None = None
+
+    def complete_at(self) -> datetime:
+        return self.ended_at
 
     @model_validator(mode="after")
     def _ends_after_it_starts(self) -> Self:

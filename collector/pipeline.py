@@ -82,7 +82,8 @@ class _Batch:
     items: list[Incoming]
     lines: list[tuple[str, int]]  # line protocol, index of the item it came from
     rejects: dict[int, Rejection]
-    measured: dict[int, tuple[int, str]]  # index -> the message's measured_at (ns), school
+    # index -> the message's measured_at (ns), school, and when it was complete (ns)
+    measured: dict[int, tuple[int, str, int]]
     over_budget: dict[str, list[int]]  # school -> its rate-limited items: one letter each
     ids: dict[int, tuple[str, str | None]]  # index -> (school, message_id) for its receipt
 
@@ -317,7 +318,8 @@ class Pipeline:
             message.reason is StatusReason.CONNECTION_LOST or message.clock_synced is False
         )
         if not at_arrival:  # stored at its arrival; its measured_at says nothing of lag
-            batch.measured[index] = (ns(message.measured_at), message.school_id)
+            point = ns(message.measured_at)
+            batch.measured[index] = (point, message.school_id, ns(message.complete_at()))
 
     def _numbered(self, report: DevicesReport, numbering: Numbering) -> None:
         where = f"school {report.school_id} agent {report.agent_id}"
@@ -334,7 +336,10 @@ class Pipeline:
             )
 
     def _process(self, batch: _Batch, outlet: Outlet) -> None:
-        measured = [batch.measured[i] for i in batch.measured if i not in batch.rejects]
+        # Late is late after the message was complete: an hour's connectivity counts are
+        # dated at the hour's start and sent at its end.
+        measured = [(done, school) for i, (_, school, done) in batch.measured.items()
+                    if i not in batch.rejects]  # fmt: skip
         refused = self._write(batch.lines, lambda: self._late_marks.lines(measured, time.time_ns()))
         if refused is None:
             return  # stopping during an outage: acknowledge nothing, the broker keeps it all
@@ -355,9 +360,9 @@ class Pipeline:
         written = sum(1 for _, index in batch.lines if index not in refused)
         now = time.time_ns()
         stored = [when for index, when in batch.measured.items() if index not in batch.rejects]
-        self.counters.stored_with_lag((now - at) / 1e6 for at, _ in stored)
+        self.counters.stored_with_lag((now - done) / 1e6 for _, _, done in stored)
         if self._late is not None:
-            for at, school_id in stored:
+            for at, school_id, _ in stored:
                 self._late(school_id, at, now)
         self.counters.add(
             batches=1, stored=len(batch.items) - len(batch.rejects), points_written=written

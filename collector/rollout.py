@@ -20,6 +20,7 @@ from collector.line_protocol import FieldValue, encode
 from collector.registry import School, SchoolRegistry
 from collector.registry_store import load_registry
 from collector.rollout_rules import GIGA_MODERATE_FROM_MBPS, Rules
+from collector.school_checks import SchoolChecks
 
 ROLLOUT = "rollout"
 # The schools the ministry chases, listed by the rollup on every run (raw retention).
@@ -73,9 +74,6 @@ QUERIES: dict[str, str] = {
     'WHERE time <= {until} GROUP BY "school_id"',
     "devices_up": 'SELECT last("up") FROM "device" WHERE time > {since} AND time <= {until} '
     'GROUP BY "school_id", "device_id", "kind"',
-    # the reachability checks of school hours (each hour's, zero outside them)
-    "school_hours_checks": 'SELECT sum("school_passed"), sum("school_checks") '
-    'FROM "connectivity" WHERE time > {since} AND time <= {until} GROUP BY "school_id"',
 }
 # Metrics whose figure is a mean over the schools with data, not a share of the registry.
 MEANS = frozenset({"availability_mean"})
@@ -134,13 +132,9 @@ def read_facts(ql: InfluxQL, at: datetime, rules: Rules) -> Facts:
 
 
 def read_school_checks(ql: InfluxQL, at: datetime, rules: Rules) -> dict[str, tuple[float, float]]:
-    """Each school's reachability checks passed and made in school hours, over the window."""
-    since = _ns(at - timedelta(days=rules.availability_window_days))
-    query = QUERIES["school_hours_checks"].format(since=since, until=_ns(at))
-    return {
-        s.tags["school_id"]: (float(s.values[0][1] or 0), float(s.values[0][2] or 0))
-        for s in ql.query(query)
-    }
+    """Each school's reachability checks passed and made in school hours, over the window
+    (read a day at a time: collector/school_checks.py)."""
+    return SchoolChecks(ql).window(at, rules.availability_window_days)
 
 
 def speed_metrics(mean: float | None, students: int | None, rules: Rules) -> set[str]:

@@ -57,11 +57,11 @@ from collector.rollout import (
     QUERIES,
     SAFETY_KINDS,
     Survey,
-    read_school_checks,
     rollout_lines,
     survey,
 )
 from collector.rollup import postpone
+from collector.school_checks import SchoolChecks
 from collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class StateKeeper:
             settings.rollout.rules(), school_hours=settings.school_hours.school_hours()
         )
         self._read_from: int | None = None  # ns: when the last read began
+        self._school_checks = SchoolChecks(self._ql)  # whole days kept between rollouts
         self._rollout_due = 0.0  # monotonic
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="state-keeper", daemon=True)
@@ -244,6 +245,8 @@ class StateKeeper:
             )
             if s.values and s.values[0][1] is not None
         }
+        if late:
+            self._school_checks.stored_late(min(late.values()))
         late = {school: when for school, when in late.items() if when <= since}
         for read in late_reads(late, self.state, at):
             pattern = "|".join(_regex_literal(name) for name in read.schools)
@@ -267,7 +270,8 @@ class StateKeeper:
         """The rollout's survey from the state's facts; the registry, and the checks in school
         hours (one sum per school over the window, at each rollout), come from InfluxDB."""
         facts = self.state.facts(at)
-        facts.school_checks = read_school_checks(self._ql, at, self.state.rules)
+        days = self.state.rules.availability_window_days
+        facts.school_checks = self._school_checks.window(at, days)
         return survey(self._ql, at, self.state.rules, facts=facts)
 
     def rollout(self, now: datetime) -> int:

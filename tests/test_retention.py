@@ -11,6 +11,7 @@ import pytest
 from localstack import Mosquitto
 from pydantic import ValidationError
 
+from agent.contract import ConnectivityReport, OutageCause, OutageReport
 from collector import retention
 from collector.fleet import generate, write_direct
 from collector.influx.v1 import V1Writer
@@ -244,3 +245,35 @@ def test_rollout_at_a_moment_older_than_raw_points_says_where_to_look(database: 
         database, "rollout", "--at", (datetime.now(UTC) - timedelta(days=30)).isoformat()
     )
     assert "retention.raw_days" not in recent.stderr
+
+
+def test_only_what_was_complete_long_ago_is_marked_stored_late(
+    broker: Mosquitto, collector_env: dict[str, str], database: Influx, topic_root: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """An hour's connectivity counts are dated at the hour's start and sent at its end:
+    on time, not late. An outage that ended hours ago, sent now, is late from its end."""
+    now = datetime.now(UTC)
+    hour = now - timedelta(seconds=3600 - 5)  # the period that just ended
+    ended = now - timedelta(hours=2)
+    collector = start_collector(collector_process(tmp_path, command_env(**collector_env)))
+    try:
+        with SchoolPublisher(broker.port, topic_root, "KZ-ON-TIME") as school:
+            counts = ConnectivityReport(
+                school_id=school.school_id, agent_id=school.agent_id, measured_at=hour,
+                interval_s=60.0, period_s=3600.0, checks=60, passed=60,
+            )  # fmt: skip
+            school.publish_raw("connectivity", counts.model_dump_json().encode())
+        with SchoolPublisher(broker.port, topic_root, "KZ-AFTER-OUTAGE") as school:
+            outage = OutageReport(
+                school_id=school.school_id, agent_id=school.agent_id,
+                measured_at=ended - timedelta(minutes=40), ended_at=ended, duration_s=2400.0,
+                cause=OutageCause.UPSTREAM,
+            )  # fmt: skip
+            school.publish_raw("outage", outage.model_dump_json().encode())
+        wait_for(lambda: database.count("outage") + database.count("connectivity") == 2,
+                 what="both stored")  # fmt: skip
+    finally:
+        collector.stop()
+    marks = database.rows('SELECT "since_ns", "school_id" FROM "stored_late"')
+    assert [(m["school_id"], m["since_ns"]) for m in marks] == [("KZ-AFTER-OUTAGE", ns(ended))]
