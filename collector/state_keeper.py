@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -78,8 +78,8 @@ SPEED_ROWS = (
     'GROUP BY "region", "school_id"'
 )
 AGENT_ROWS = (
-    'SELECT "online", "reason", "version", "outbox_messages", "outbox_dropped", '
-    '"data_used_month_bytes", "data_budget_month_bytes", "status" FROM "agent" '
+    'SELECT "online", "reason", "version", "config_version", "outbox_messages", '
+    '"outbox_dropped", "data_used_month_bytes", "data_budget_month_bytes", "status" FROM "agent" '
     'WHERE {where} GROUP BY "region", "school_id"'
 )
 DEVICE_ROWS = (
@@ -195,15 +195,15 @@ class StateKeeper:
         at = ns_of(now)
         log.info("building the current state from raw points (once, at start) ...")
         window = at - days_ns(rules.speed_window_days)
-        state.add_tests(self._ql.query(
+        state.add_tests(self._ql.stream(
             'SELECT "download_mbps" FROM "speed" WHERE "result" = \'success\' '  # noqa: S608
             f'AND time > {window} GROUP BY "region", "school_id"', epoch="ns"))  # fmt: skip
         for name in ("last_report_summary", "last_report"):
-            state.add_last_report(self._ql.query(QUERIES[name].format(until=at), epoch="ns"))
+            state.add_last_report(self._ql.stream(QUERIES[name].format(until=at), epoch="ns"))
         for name in AGENT_FIELDS:
             days = agent_days(name)
             online = "\"status\" = 'online' AND " if name == "version" else ""
-            state.add_agent_latest(name, self._ql.query(
+            state.add_agent_latest(name, self._ql.stream(
                 f'SELECT last("{name}") FROM "agent" WHERE {online}time > {at - days_ns(days)} '  # noqa: S608
                 'GROUP BY "region", "school_id"', epoch="ns"))  # fmt: skip
         fresh = at - int(rules.device_fresh_minutes * 60 * NS)
@@ -261,8 +261,10 @@ class StateKeeper:
         fresh = at - int(self.state.rules.device_fresh_minutes * 60 * NS)
         self.state.add_devices(self._query(DEVICE_ROWS, f"{where} AND time > {fresh}"))
 
-    def _query(self, template: str, where: str) -> list[Series]:
-        return self._ql.query(template.format(where=where), epoch="ns")
+    def _query(self, template: str, where: str) -> Iterator[Series]:
+        """The rows as InfluxDB sends them, a chunk at a time: after a backlog a read can
+        hold hundreds of thousands of rows, and the state keeps only the latest of each."""
+        return self._ql.stream(template.format(where=where), epoch="ns")
 
     # -- the rollout -----------------------------------------------------------------------
 

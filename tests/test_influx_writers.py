@@ -7,13 +7,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from localstack import InfluxDB, free_port
 from pydantic import SecretStr
 
 from collector.influx import InfluxRejected, InfluxUnavailable, make_writer
-from collector.influx.query import InfluxQL, InfluxQueryError
+from collector.influx.query import InfluxQL, InfluxQueryError, Series
 from collector.influx.v1 import V1Writer
 from collector.influx.v2 import V2Writer
 from collector.settings import InfluxSettings
@@ -129,3 +130,36 @@ def test_secrets_do_not_appear_in_writer_descriptions(tmp_path: Path) -> None:
     )
     assert "tok-en-123" not in str(make_writer(settings))
     assert "tok-en-123" not in repr(settings)
+
+
+def test_a_streamed_query_gives_the_rows_of_the_whole_answer_a_chunk_at_a_time(
+    database: Influx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state keeper's long reads fold rows as InfluxDB sends them (``chunked=true``)."""
+    from collector.influx import query as query_module  # noqa: PLC0415
+
+    settings = InfluxSettings(url=database.url, database=database.database)
+    V1Writer(settings).write([
+        f"device,school_id=S{school},device_id=d{device} state_code={n}i {1_700_000_000 + n}"
+        "000000000"
+        for school in range(3) for device in range(4) for n in range(60)
+    ])  # fmt: skip
+    monkeypatch.setattr(query_module, "CHUNK_ROWS", 25)
+    reader = InfluxQL(settings)
+    statement = 'SELECT "state_code" FROM "device" GROUP BY "school_id", "device_id"'
+
+    whole = reader.query(statement, epoch="ns")
+    parts = list(reader.stream(statement, epoch="ns"))
+
+    def rows(series: list[Series]) -> dict[tuple[tuple[str, str], ...], list[list[Any]]]:
+        found: dict[tuple[tuple[str, str], ...], list[list[Any]]] = {}
+        for s in series:
+            found.setdefault(tuple(sorted(s.tags.items())), []).extend(s.values)
+        return found
+
+    assert len(whole) == 12
+    assert len(parts) > len(whole)  # series split in chunks of at most 25 rows
+    assert all(len(s.values) <= 25 for s in parts)
+    assert rows(parts) == rows(whole)
+    with pytest.raises(InfluxQueryError):
+        list(reader.stream('SELECT FROM "device"'))

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -35,6 +35,11 @@ class Series:
         return [self.tags | dict(zip(self.columns, row, strict=True)) for row in self.values]
 
 
+# Rows per chunk of a streamed answer (InfluxDB 1.x ``chunked=true``): what a long read
+# (the state keeper's after a backlog) holds at once, instead of its whole answer.
+CHUNK_ROWS = 5000
+
+
 class InfluxQL:
     def __init__(self, settings: InfluxSettings) -> None:
         self._settings = settings
@@ -50,41 +55,76 @@ class InfluxQL:
 
     def query(self, influxql: str, *, epoch: str | None = None) -> list[Series]:
         """Run one or more statements; return every series of every statement, in order."""
+        reply = self._post(self._params(influxql, epoch))
+        if reply.status != 200:
+            raise InfluxQueryError(f"HTTP {reply.status}: {error_message(reply.data)}")
+        return list(_series_of(json.loads(reply.data)))
+
+    def stream(self, influxql: str, *, epoch: str | None = None) -> Iterator[Series]:
+        """As :meth:`query`, but the series come as InfluxDB sends them, ``CHUNK_ROWS`` rows
+        at most at a time (one series may come in several parts, in order): a reader that
+        folds rows as they come holds one chunk, not the whole answer.
+
+        InfluxDB 1.x only (``chunked=true``); with ``api = "v2"`` the whole answer is read.
+        """
+        if self._settings.api != "v1":
+            yield from self.query(influxql, epoch=epoch)
+            return
+        params = self._params(influxql, epoch) | {"chunked": "true", "chunk_size": str(CHUNK_ROWS)}
+        reply = self._post(params, preload_content=False)
+        try:
+            if reply.status != 200:
+                raise InfluxQueryError(f"HTTP {reply.status}: {error_message(reply.data)}")
+            pending = b""
+            try:
+                for data in reply.stream(2**16):
+                    pending += data
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield from _series_of(json.loads(line))
+            except urllib3.exceptions.HTTPError as exc:
+                raise InfluxUnavailable(f"cannot read from {self._settings.url}: {exc}") from exc
+            if pending.strip():
+                yield from _series_of(json.loads(pending))
+        finally:
+            reply.release_conn()
+
+    def _params(self, influxql: str, epoch: str | None) -> dict[str, str]:
         params = {"db": self._settings.database, "q": influxql}
         if self._settings.retention_policy:
             params["rp"] = self._settings.retention_policy
         if epoch:
             params["epoch"] = epoch
-        url = f"{self._settings.url}/query"
+        return params
+
+    def _post(self, params: dict[str, str], *, preload_content: bool = True) -> Any:
         try:
-            reply = self._http.request(
+            return self._http.request(
                 "POST",
-                url,
+                f"{self._settings.url}/query",
                 body=urlencode(params),
                 headers=self._headers | {"Content-Type": "application/x-www-form-urlencoded"},
+                preload_content=preload_content,
             )
         except urllib3.exceptions.HTTPError as exc:
             raise InfluxUnavailable(f"cannot reach {self._settings.url}: {exc}") from exc
-        if reply.status != 200:
-            raise InfluxQueryError(f"HTTP {reply.status}: {error_message(reply.data)}")
-        document = json.loads(reply.data)
-        found: list[Series] = []
-        for result in document.get("results", []):
-            if "error" in result:
-                raise InfluxQueryError(result["error"])
-            found.extend(
-                Series(
-                    name=s.get("name", ""),
-                    columns=s["columns"],
-                    values=s.get("values", []),
-                    tags=s.get("tags") or {},
-                )
-                for s in result.get("series", [])
-            )
-        return found
 
     def close(self) -> None:
         self._http.clear()
+
+
+def _series_of(document: dict[str, Any]) -> Iterator[Series]:
+    for result in document.get("results", []):
+        if "error" in result:
+            raise InfluxQueryError(result["error"])
+        for s in result.get("series", []):
+            yield Series(
+                name=s.get("name", ""),
+                columns=s["columns"],
+                values=s.get("values", []),
+                tags=s.get("tags") or {},
+            )
 
 
 def quote_literal(value: str) -> str:
