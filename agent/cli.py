@@ -7,7 +7,9 @@ import logging
 import signal
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from agent import __version__
 from agent.broker import BrokerError
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(AgentSettings, args.config)
+        settings = with_remote_config(load_settings(AgentSettings, args.config), args.config)
     except ConfigError as exc:
         print(f"school-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -109,14 +111,29 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"school-agent: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-    return _run(settings, once=args.once)
+    return _run(settings, once=args.once, config=args.config)
 
 
-def _run(settings: AgentSettings, *, once: bool) -> int:
+def with_remote_config(settings: AgentSettings, config: Path | None) -> AgentSettings:
+    """``settings`` with the ministry's documents in force (agent/remote_config.py) under
+    the local ones; as they are when remote configuration is off or nothing applied yet."""
+    if settings.remote_config.public_key is None:
+        return settings
+    from agent.remote_config import REMOTE_CONFIG_FILE  # noqa: PLC0415 - cryptography: when on
+    from agent.remote_config import load as load_applied  # noqa: PLC0415
+
+    layers = load_applied(settings.state_dir / REMOTE_CONFIG_FILE).layers()
+    return load_settings(AgentSettings, config, layers=tuple(layers)) if layers else settings
+
+
+def _run(settings: AgentSettings, *, once: bool, config: Path | None) -> int:
     from agent.daemon import Agent  # noqa: PLC0415 - keeps `--help` and `speedtest` light
 
+    def reload(layers: tuple[dict[str, Any], ...]) -> AgentSettings:
+        return load_settings(AgentSettings, config, layers=layers)
+
     try:
-        agent = Agent(settings)
+        agent = Agent(settings, reload=reload)
     except ConfigError as exc:
         print(f"school-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,6 +1,8 @@
 """Load pydantic-settings classes from the environment and a TOML file.
 
-Precedence, highest first: environment variables, the TOML file, defaults.
+Precedence, highest first: environment variables, the TOML file, the layers of
+remote configuration given (agent/remote_config.py; most specific first),
+defaults.
 Validation errors become one :class:`ConfigError` whose message names every
 bad setting, both as a file key and as an environment variable.
 """
@@ -21,6 +23,7 @@ from pydantic_settings import (
 )
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("config_file", default=None)
+_LAYERS: ContextVar[tuple[dict[str, Any], ...]] = ContextVar("layers", default=())
 
 
 class ConfigError(Exception):
@@ -45,14 +48,51 @@ class FileSettings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        layers = _LAYERS.get()
+        if layers:
+            sources.append(LayersSource(settings_cls, layers))
         return tuple(sources)
+
+
+class LayersSource(PydanticBaseSettingsSource):
+    """Settings from dictionaries, the first one's values winning (tables merged key by key)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], layers: tuple[dict[str, Any], ...]):
+        super().__init__(settings_cls)
+        self._layers = layers
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002
+        return None, field_name, False  # (unused: __call__ gives every value at once)
+
+    def __call__(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for layer in reversed(self._layers):
+            merged = merged_tables(merged, layer)
+        return merged
+
+
+def merged_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values on top; tables (dicts) are merged, lists replaced."""
+    found = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(found.get(key), dict):
+            found[key] = merged_tables(found[key], value)
+        else:
+            found[key] = value
+    return found
 
 
 S = TypeVar("S", bound=FileSettings)
 
 
-def load_settings(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
-    """Build ``cls`` from the environment and ``config_file``; raise :class:`ConfigError`."""
+def load_settings(
+    cls: type[S],
+    config_file: Path | None = None,
+    layers: tuple[dict[str, Any], ...] = (),
+    **overrides: Any,
+) -> S:
+    """Build ``cls`` from the environment, ``config_file`` and below them ``layers``;
+    raise :class:`ConfigError`."""
     if config_file is not None:
         if not config_file.is_file():
             raise ConfigError(f"config file {config_file} does not exist; check --config")
@@ -60,13 +100,14 @@ def load_settings(cls: type[S], config_file: Path | None = None, **overrides: An
             tomllib.loads(config_file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
-    token = _CONFIG_FILE.set(config_file)
+    token, layers_token = _CONFIG_FILE.set(config_file), _LAYERS.set(layers)
     try:
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, cls.env_prefix_for_help, config_file)) from None
     finally:
         _CONFIG_FILE.reset(token)
+        _LAYERS.reset(layers_token)
 
 
 def describe_errors(exc: ValidationError, env_prefix: str, config_file: Path | None) -> str:

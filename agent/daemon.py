@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from agent import __version__
 from agent.broker import BrokerError
@@ -38,6 +40,8 @@ from agent.host_health import prime_cpu_meter, read_host_health
 from agent.identity import ensure_state_dir, load_agent_id, new_boot_id
 from agent.outbox import Outbox
 from agent.publisher import Publisher
+from agent.remote_config import REMOTE_CONFIG_FILE, RemoteConfig, Scope, load_public_key
+from agent.remote_config import topic_for as config_topic
 from agent.schedule import SpeedSchedule
 from agent.settings import AgentSettings, connectivity_targets
 from agent.speed.progress import Progress
@@ -70,7 +74,10 @@ class Agent:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         notifier: Notifier | None = None,
+        reload: Callable[[tuple[dict[str, Any], ...]], AgentSettings] | None = None,
     ) -> None:
+        """``reload(layers)``: the settings with these layers of remote configuration under
+        the local ones (raises ConfigError); without it, remote configuration is off."""
         settings.require_for_run()
         assert settings.school_id is not None  # noqa: S101 - checked by require_for_run
         self.settings = settings
@@ -97,12 +104,27 @@ class Agent:
             version=__version__,
             time_keeper=self.time_keeper,
         )
+        self._rng = rng or random.Random()  # noqa: S311 - spreading a fleet, not secrecy
+        self._build_parts(settings)
+        self._reload = reload
+        self._new_settings: AgentSettings | None = None  # a remote configuration to apply
+        self.remote = self._remote_config(settings, state_dir)
+        self._listeners: list[HeartbeatEndpoint | HeartbeatSubscriber] = []
+        self.notifier = notifier or Notifier()
+        self._stopping = threading.Event()
+        self._wanted = threading.Event()  # a manual test was asked for
+        self._wake = threading.Event()
+
+    def _build_parts(self, settings: AgentSettings) -> None:
+        """What works from the settings: the speed tester, the schedule, the budget, the
+        device checks and the connectivity checks (built again for a new configuration)."""
+        state_dir = settings.state_dir
         self.tester = SpeedTester(settings.speedtest)
         plan = settings.schedule
         self.schedule = SpeedSchedule(
             plan.parsed_windows(),
             plan.tz(),
-            rng or random.Random(),  # noqa: S311 - spreading a fleet, not secrecy
+            self._rng,
             retries=plan.retries,
             retry_interval=timedelta(minutes=plan.retry_interval_min),
         )
@@ -137,11 +159,68 @@ class Agent:
             if reach.enabled
             else None
         )
-        self._listeners: list[HeartbeatEndpoint | HeartbeatSubscriber] = []
-        self.notifier = notifier or Notifier()
-        self._stopping = threading.Event()
-        self._wanted = threading.Event()  # a manual test was asked for
-        self._wake = threading.Event()
+
+    # -- remote configuration ----------------------------------------------
+
+    def _remote_config(self, settings: AgentSettings, state_dir: Path) -> RemoteConfig | None:
+        """Documents for this school, its region and all, verified with the ministry's key."""
+        path = settings.remote_config.public_key
+        if path is None:
+            return None
+        try:
+            key = load_public_key(path)
+        except ValueError as exc:
+            raise ConfigError(
+                f"remote_config.public_key: {exc}; install the bundle's config-key.pub "
+                "(school-agent-setup --bundle DIR) or unset the setting"
+            ) from exc
+        remote = RemoteConfig(
+            state_dir / REMOTE_CONFIG_FILE,
+            key,
+            school_id=self.school_id,
+            region=settings.region,
+            check=self._check_layers,
+            apply=self._apply_layers,
+        )
+        root = settings.mqtt.topic_root
+        topics = [
+            config_topic(root, Scope.ALL, None),
+            config_topic(root, Scope.SCHOOL, self.school_id),
+        ]
+        if settings.region is not None:
+            topics.append(config_topic(root, Scope.REGION, settings.region))
+        self.publisher.listen(topics, remote.offer)
+        return remote
+
+    def _check_layers(self, layers: list[dict[str, Any]]) -> None:
+        """Raise ValueError unless these layers give valid settings."""
+        if self._reload is None:
+            raise ValueError("this agent was started without a config file to layer them under")
+        try:
+            self._reload(tuple(layers))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def _apply_layers(self, layers: list[dict[str, Any]]) -> None:
+        """Put the layers in force: the main loop rebuilds what depends on them."""
+        if self._reload is not None:
+            self._new_settings = self._reload(tuple(layers))
+            self._wake.set()
+
+    def _reconfigure(self, settings: AgentSettings) -> None:
+        """Stop the device and connectivity checks, build the parts again, start them."""
+        if self.connectivity is not None:
+            self.connectivity.stop()
+        self._stop_devices()
+        self._listeners = []
+        self.settings = settings
+        self._build_parts(settings)
+        self._open_listeners()
+        self._start_devices()
+        if self.connectivity is not None:
+            self.connectivity.start()
+        assert self.remote is not None  # noqa: S101 - only remote configuration gets here
+        log.info("configuration %s in force", self.remote.applied.label())
 
     def stop(self) -> None:
         """Ask the loop to end (from a signal handler): the running test is cut short."""
@@ -211,6 +290,11 @@ class Agent:
         self.notifier.ready(f"school {self.school_id}, broker {self.publisher.address}")
         while not self._stopping.is_set():
             self.notifier.watchdog()  # from this loop only: if it hangs, systemd restarts us
+            if (settings := self._new_settings) is not None:
+                self._new_settings = None
+                self._unattended(self._reconfigure, settings)
+                next_test = self.schedule.next_slot(self.clock.now())
+                next_status = self.clock.now()  # say at once which configuration is in force
             now = self.clock.now()
             if now >= next_status:
                 self._unattended(self._publish_status, reason)
@@ -319,6 +403,7 @@ class Agent:
             data_used_month_bytes=self.budget.used(now),
             data_budget_month_bytes=self.budget.cap_bytes,
             heartbeats=self.heartbeats.counts() if self.heartbeats.wanted else None,
+            config=self.remote.state() if self.remote is not None and online else None,
         )
 
     def _publish_status(self, reason: StatusReason) -> int:

@@ -56,9 +56,36 @@ def diagnose(settings: AgentSettings) -> list[Finding]:
         if dns.verdict is Verdict.PASS:
             findings.append(_broker(settings))
     findings.append(_delivery(settings))
+    if settings.remote_config.public_key is not None:
+        findings.append(_remote_config(settings))
     findings += _speed_servers(settings)
     findings += _devices(settings)
     return findings
+
+
+def _remote_config(settings: AgentSettings) -> Finding:
+    """The ministry's configuration in force, and the last document refused (read only)."""
+    from agent.remote_config import REMOTE_CONFIG_FILE, load, load_public_key  # noqa: PLC0415
+
+    assert settings.remote_config.public_key is not None  # noqa: S101 - checked by the caller
+    try:
+        load_public_key(settings.remote_config.public_key)
+    except ValueError as exc:
+        return Finding(Verdict.FAIL, "remote config", f"{exc}; install the bundle's "
+                       "config-key.pub (school-agent-setup --bundle DIR)")  # fmt: skip
+    applied = load(settings.state_dir / REMOTE_CONFIG_FILE)
+    text = f"in force: {applied.label()}"
+    if notes := [d.note for d in applied.documents.values() if d.note]:
+        text += f" ({'; '.join(notes)})"
+    if applied.refused:
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(applied.refused.items()))
+        return Finding(
+            Verdict.WARN, "remote config",
+            f"{text}. Refused so far: {counts}; the last: {applied.last_refusal}. To do: "
+            "nothing here if it was not from the ministry; else tell the ministry (a document "
+            "for another school or region, an older version, or one the key does not sign)",
+        )  # fmt: skip
+    return Finding(Verdict.PASS, "remote config", text)
 
 
 def _config(settings: AgentSettings) -> Finding:

@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from agent.contract import (
     AgentState,
     AgentStatus,
     Capabilities,
+    ConfigState,
     Envelope,
     HeartbeatCounts,
     HostHealth,
@@ -130,6 +131,8 @@ class Publisher:
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._listened: dict[str, Callable[[bytes], object]] = {}
+        self._listened_mid: int | None = None
         will = self.status(AgentState.OFFLINE, StatusReason.CONNECTION_LOST)
         self._client.will_set(
             self._topic(TopicKind.AGENT), will.model_dump_json(), qos=1, retain=True
@@ -197,6 +200,7 @@ class Publisher:
         data_used_month_bytes: int | None = None,
         data_budget_month_bytes: int | None = None,
         heartbeats: HeartbeatCounts | None = None,
+        config: ConfigState | None = None,
     ) -> AgentStatus:
         outbox = rejections = last_stored = None
         if state is AgentState.ONLINE:
@@ -237,6 +241,7 @@ class Publisher:
             rejections=rejections,
             last_stored_at=last_stored,
             clock_synced=self._time.sync_state(),
+            config=config,
         )
 
     def publish(
@@ -489,6 +494,11 @@ class Publisher:
 
     # -- receipts and announcements (paho's network thread) ------------------
 
+    def listen(self, topics: list[str], handler: Callable[[bytes], object]) -> None:
+        """Also subscribe to ``topics`` (the remote configuration's, retained) on every
+        connection, and hand each message's payload to ``handler`` (paho's thread)."""
+        self._listened = dict.fromkeys(topics, handler)
+
     def _subscribe(self, client: paho.Client, _session_present: bool) -> None:
         """On every connection: this school's receipts and the collectors' announcement.
 
@@ -502,14 +512,27 @@ class Publisher:
                 (self._settings.capabilities_topic, options),
             ]
         )
+        if self._listened:
+            _, self._listened_mid = client.subscribe([(t, options) for t in self._listened])
         with self._changed:
             waiting, self._waiting_live = self._waiting_live, None
         if waiting is not None:
             self._publish_live(*waiting)
 
     def _on_subscribe(
-        self, _c: paho.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any
+        self, _c: paho.Client, _u: Any, mid: int, reasons: list[Any], _p: Any
     ) -> None:
+        if mid == self._listened_mid:
+            refused = [t for t, r in zip(self._listened, reasons, strict=False) if r.is_failure]
+            if refused:
+                log.warning(
+                    "the broker refused the subscription to %s: the ministry's configuration "
+                    "for them does not reach this agent. Is `region` right in the config? "
+                    "Else ask the ministry to install the ACL of a newer `school-collector "
+                    "provision`",
+                    ", ".join(refused),
+                )
+            return
         if reasons and reasons[0].is_failure:
             log.warning(
                 "the broker refused the subscription to this school's receipts (%s); "
@@ -528,6 +551,8 @@ class Publisher:
                 self._on_capabilities(bytes(message.payload))
             elif message.topic == receipts_topic(self._settings.topic_root, self._school_id):
                 self._on_receipt(bytes(message.payload))
+            elif (handler := self._listened.get(message.topic)) is not None:
+                handler(bytes(message.payload))
         except (ValidationError, ValueError) as exc:
             log.warning("ignored a malformed message on %s: %s", message.topic, exc)
         except Exception:  # the receipt is acked below anyway; a bug must not stop the loop

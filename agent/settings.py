@@ -183,6 +183,15 @@ class OutboxSettings(BaseModel):
     receipt_timeout_s: float = Field(default=3600.0, ge=1, le=86_400)
 
 
+class RemoteConfigSettings(BaseModel):
+    """The ministry's signed remote configuration (see agent/remote_config.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The ministry's Ed25519 public key (PEM), from the school's bundle; unset: off.
+    public_key: Path | None = None
+
+
 class ClockSettings(BaseModel):
     """Whether measurements wait for a synchronised clock (see agent/clock_trust.py)."""
 
@@ -247,6 +256,7 @@ class AgentSettings(FileSettings):
 
     school_id: SchoolId | None = None
     agent_id: AgentId | None = None
+    region: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     state_dir: Path = Field(default_factory=default_state_dir)
     status_interval_s: float = Field(default=300.0, ge=5, le=86_400)
     log_level: LogLevel = "INFO"
@@ -259,6 +269,7 @@ class AgentSettings(FileSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     clock: ClockSettings = Field(default_factory=ClockSettings)
     connectivity: ConnectivitySettings = Field(default_factory=ConnectivitySettings)
+    remote_config: RemoteConfigSettings = Field(default_factory=RemoteConfigSettings)
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -210,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a subscription; default: school-collector). Writes collector/NAME.toml",
     )
     provision.add_argument(
+        "--config-key",
+        type=Path,
+        metavar="config-key.pub",
+        help="the ministry's public key for remote configuration (config keygen): copied "
+        "into every bundle and named in its agent.toml",
+    )
+    provision.add_argument(
         "--topic-root",
         default="schools",
         help="the collectors' mqtt.topic_root, for the ACL (default: %(default)s)",
@@ -225,7 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="the collectors' and agents' mqtt.capabilities_topic, where the collectors "
         "announce receipts, for the ACL (default: %(default)s)",
     )
-    _add_report(commands, common)
+    for add in (_add_report, _add_config, _add_fleet):
+        add(commands, common)
+    _add_alert_routing(commands)
+    return parser
+
+
+def _add_fleet(commands: Any, common: argparse.ArgumentParser) -> None:
+    fleet = commands.add_parser(
+        "fleet", parents=[common],
+        help="which schools run which agent version and configuration, and which are behind",
+        description="Every registered school's agent version and remote configuration from the "
+        "current state, by region; the schools not on the latest configuration, and those not "
+        "heard from for a day.",
+    )  # fmt: skip
+    fleet.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                       help="output format (default: %(default)s)")  # fmt: skip
+
+
+def _add_alert_routing(commands: Any) -> None:
     routing = commands.add_parser(
         "alert-routing",
         help="write Grafana's contact points and notification policy from a teams file",
@@ -240,7 +265,107 @@ def build_parser() -> argparse.ArgumentParser:
         help="write here (e.g. /etc/grafana/provisioning/alerting/notifications.json) "
         "instead of printing",
     )
-    return parser
+
+
+def _add_config(commands: Any, common: argparse.ArgumentParser) -> None:
+    config = commands.add_parser(
+        "config",
+        help="the ministry's signed settings for all schools, a region or one school",
+        description="Make the ministry's key, sign a document of agent settings with it, and "
+        "publish it retained for the agents (agent/README.md: Remote configuration).",
+    )
+    actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keygen = actions.add_parser(
+        "keygen", help="a new Ed25519 key pair: config-key.pem (private) and config-key.pub",
+        description="Write a new key pair. Keep config-key.pem offline; config-key.pub goes "
+        "into every school's bundle (school-collector provision --config-key).",
+    )  # fmt: skip
+    keygen.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="where to write both files (the private one mode 0600)")  # fmt: skip
+    sign = actions.add_parser(
+        "sign", help="sign a TOML file of agent settings for a scope",
+        description="Check a TOML file of agent settings (only what a ministry may set "
+        "remotely) and sign it with the private key, as a document agents verify.",
+    )  # fmt: skip
+    sign.add_argument("settings", type=Path, metavar="SETTINGS.toml",
+                      help="agent settings as in agent.toml (speedtest, ...)")  # fmt: skip
+    sign.add_argument("--key", type=Path, required=True, metavar="config-key.pem",
+                      help="the ministry's private key (config keygen)")  # fmt: skip
+    sign.add_argument("--scope", choices=["all", "region", "school"], required=True,
+                      help="who it is for")  # fmt: skip
+    sign.add_argument("--target", help="the region's or the school's name (not for all)")
+    sign.add_argument("--version", type=int, metavar="N",
+                      help="a number above the last one for this scope and target (default: "
+                      "now, in seconds since the epoch)")  # fmt: skip
+    sign.add_argument("--note", default="", help="a line for people: what it changes, and why")
+    sign.add_argument("--out", type=Path, required=True, metavar="FILE.json",
+                      help="the signed document, to publish")  # fmt: skip
+    publish = actions.add_parser(
+        "publish", parents=[common], help="publish a signed document, retained, for the agents",
+        description="Publish on <mqtt.topic_root>/config/<scope>[/<target>], retained, QoS 1, "
+        "as the config-publisher account of school-collector provision.",
+    )  # fmt: skip
+    publish.add_argument("document", type=Path, metavar="FILE.json", help="from config sign")
+
+
+def _config(args: argparse.Namespace) -> int:
+    """keygen and sign (no settings needed); publish is in _config_publish."""
+    from agent.remote_config import Scope  # noqa: PLC0415 - cryptography only here
+    from collector import config_documents as docs  # noqa: PLC0415
+
+    try:
+        if args.action == "keygen":
+            private, public = docs.keygen(args.out)
+            print(f"wrote {private} (keep offline) and {public} (for every school's bundle)")
+            return 0
+        document = docs.make_document(
+            args.settings, scope=Scope(args.scope), target=args.target, version=args.version,
+            note=args.note,
+        )  # fmt: skip
+        args.out.write_bytes(docs.sign_file(document, args.key))
+    except (docs.ConfigDocumentError, OSError) as exc:
+        print(f"school-collector config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"signed {document.scope.value}{' ' + document.target if document.target else ''} "
+          f"version {document.version} into {args.out}; publish it with: school-collector "
+          f"config publish {args.out}")  # fmt: skip
+    return 0
+
+
+def _config_publish(settings: CollectorSettings, document: Path) -> int:
+    from collector import config_documents as docs  # noqa: PLC0415
+
+    try:
+        topic = docs.publish(document.read_bytes(), settings.mqtt, settings.mqtt.topic_root)
+    except (docs.ConfigDocumentError, OSError) as exc:
+        print(f"school-collector config publish: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"published {document} on {topic} (retained): agents take it when they next hear "
+          "from the broker; their status says which version they run")  # fmt: skip
+    return 0
+
+
+def _fleet(settings: CollectorSettings, fmt: str) -> int:
+    from collector.fleet_versions import read_fleet, render  # noqa: PLC0415
+    from collector.influx import InfluxError  # noqa: PLC0415
+    from collector.influx.query import InfluxQL  # noqa: PLC0415
+
+    client = InfluxQL(settings.influx)
+    try:
+        rows = read_fleet(client)
+    except InfluxError as exc:
+        print(f"school-collector fleet: InfluxDB at {settings.influx.url} (influx.url): "
+              f"{exc}; the collector writes the state it reads: is it running?",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    finally:
+        client.close()
+    if not rows:
+        print("school-collector fleet: no schools in the current state yet: a running collector "
+              "writes it every state.interval_s", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    print(render(rows, fmt))
+    return 0
 
 
 def _add_report(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -260,7 +385,7 @@ def _add_report(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="where to write it (default: report-YYYY-MM.html here)")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - one per command
     args = build_parser().parse_args(argv)
     if args.command == "speed-server":
         setup_logging(args.log_level or "INFO")
@@ -269,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return _provision(args)
     if args.command == "alert-routing":
         return _alert_routing(args.teams, args.out)
+    if args.command == "config" and args.action != "publish":
+        return _config(args)
     try:
         settings = load_settings(CollectorSettings, args.config)
     except ConfigError as exc:
@@ -285,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return _retention(settings, args)
     if args.command == "report":
         return _report(settings, args)
+    if args.command == "config":
+        return _config_publish(settings, args.document)
+    if args.command == "fleet":
+        return _fleet(settings, args.format)
     if args.command == "simulate":
         from collector.simulate import run_simulation  # noqa: PLC0415
 
@@ -516,6 +647,7 @@ def _provision(args: argparse.Namespace) -> int:
             rotate=frozenset(args.rotate),
             collectors=tuple(args.collector) or (COLLECTOR_USER,),
             topics=Topics(args.topic_root, args.dead_letter_topic, args.capabilities_topic),
+            config_key=args.config_key,
         )
     except (RegistryError, ValueError, OSError) as exc:
         print(f"school-collector: {exc}", file=sys.stderr)

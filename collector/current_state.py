@@ -63,8 +63,8 @@ SEEN_DAYS = 1  # "seen_1d": a status within a day (the region-silent alert)
 LAST_TESTS = 3  # the below-standard alert: the latest three successful tests
 # The agent's counters change with every status; they follow at the next refresh.
 COUNTERS = frozenset({"outbox_messages", "outbox_dropped", "data_used_month_bytes", "status_ms"})
-AGENT_FIELDS = ("online", "reason", "version", "outbox_messages", "outbox_dropped",
-                "data_used_month_bytes", "data_budget_month_bytes")  # fmt: skip
+AGENT_FIELDS = ("online", "reason", "version", "config_version", "outbox_messages",
+                "outbox_dropped", "data_used_month_bytes", "data_budget_month_bytes")  # fmt: skip
 DEVICE_FIELDS = ("state", "state_code", "changed_at_ms", "label", "up")
 NS = 1_000_000_000
 MS = 1_000_000

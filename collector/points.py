@@ -165,6 +165,11 @@ def agent_line(status: AgentStatus, at_ns: int, place: Place = NOWHERE) -> str:
         fields["last_stored_at_ms"] = ns(status.last_stored_at) // 1_000_000
     if status.clock_synced is not None:
         fields["clock_synced"] = int(status.clock_synced)
+    if status.config is not None:
+        fields |= {
+            "config_version": status.config.version,
+            "config_refused": status.config.refused_total,
+        }
     if status.host is not None:
         host = status.host
         fields |= {

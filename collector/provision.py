@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -38,6 +39,9 @@ from collector.registry import SchoolRegistry
 
 ITERATIONS = 101  # mosquitto_passwd's default for $7$
 COLLECTOR_USER = "school-collector"
+# The account that publishes the ministry's signed configuration (school-collector config).
+CONFIG_PUBLISHER = "config-publisher"
+BUNDLE_CONFIG_KEY = "/etc/school-agent/config-key.pub"
 DOCTOR_SUFFIX = ".doctor"  # a school id never contains a dot, so no school can be named so
 DEFAULT_TOPIC_ROOT = "schools"
 DEFAULT_DEAD_LETTER_TOPIC = "school-monitor/dead-letter"
@@ -126,7 +130,10 @@ def provision(
     rotate: frozenset[str] = frozenset(),
     collectors: tuple[str, ...] = (COLLECTOR_USER,),
     topics: Topics = Topics(),
+    config_key: Path | None = None,
 ) -> Summary:
+    """``config_key``: the ministry's public key for remote configuration, copied into
+    every bundle (``config-key.pub``) and named in each agent.toml."""
     BrokerAddress.parse(broker_url)  # raises ValueError on a bad URL
     school_ids = {school.school_id for school in registry}
     unknown = rotate - school_ids
@@ -136,8 +143,9 @@ def provision(
     summary = Summary()
     accounts = _Accounts(_read_password_file(out / "mosquitto" / "passwords"))
     ca = ca_file.read_bytes()
+    public_key = config_key.read_bytes() if config_key is not None else b""
 
-    for name in collectors:
+    for name in (*collectors, CONFIG_PUBLISHER):
         path = out / "collector" / f"{name}.toml"
         old = _existing_password(path)
         if old is None and name == COLLECTOR_USER:  # issued before collectors had their names
@@ -157,10 +165,12 @@ def provision(
         else:
             (summary.rotated if old is not None else summary.created).append(school.school_id)
         password = accounts.keep_or_issue(users, old, fresh=fresh)
-        summary.files_written += _write(
-            bundle / "agent.toml", _agent_toml(school.school_id, broker_url, password,
-                                               bundle_ca_path), secret=True)  # fmt: skip
+        toml = _agent_toml(school.school_id, broker_url, password, bundle_ca_path, school.region,
+                           key_path=BUNDLE_CONFIG_KEY if config_key else None)  # fmt: skip
+        summary.files_written += _write(bundle / "agent.toml", toml, secret=True)
         summary.files_written += _write_bytes(bundle / "ca.pem", ca)
+        if config_key is not None:
+            summary.files_written += _write_bytes(bundle / "config-key.pub", public_key)
 
     for gone in sorted(set(accounts.existing) - set(accounts.entries)):
         if gone.endswith(DOCTOR_SUFFIX):
@@ -174,7 +184,8 @@ def provision(
     (out / "collector" / "credentials.toml").unlink(missing_ok=True)
     text = "".join(f"{user}:{hashed}\n" for user, hashed in sorted(accounts.entries.items()))
     summary.files_written += _write(out / "mosquitto" / "passwords", text, secret=True)
-    acl = _acl(collectors, sorted(school_ids), topics)
+    regions = {school.school_id: school.region for school in registry}
+    acl = _acl(collectors, sorted(school_ids), topics, regions)
     summary.files_written += _write(out / "mosquitto" / "acl", acl, secret=False)
     return summary
 
@@ -195,16 +206,28 @@ def _check_collectors(collectors: tuple[str, ...], school_ids: set[str]) -> None
             )
     if len(set(collectors)) != len(collectors):
         raise ValueError("a --collector name is given twice")
+    if CONFIG_PUBLISHER in set(collectors) | school_ids:
+        raise ValueError(
+            f"{CONFIG_PUBLISHER!r} is the account that publishes remote configuration; "
+            "no collector or school may have that name"
+        )
 
 
-def _acl(collectors: tuple[str, ...], school_ids: list[str], topics: Topics) -> str:
+def _acl(
+    collectors: tuple[str, ...], school_ids: list[str], topics: Topics, regions: dict[str, str]
+) -> str:
     lines = [
         "# Mosquitto ACL written by `school-collector provision`; do not edit, run it again.",
         "# Collectors read each kind of every school's messages, write every school's",
         "# receipts, read and write dead letters, and announce receipts. Each school's",
         "# account writes only its own kinds of message and reads only its own receipts",
-        "# and the announcement. Doctor accounts (<id>.doctor) have no entry: they may",
-        "# connect and do nothing else.",
+        "# and the announcement, and the ministry's configuration for all schools, its",
+        "# region and itself. Only config-publisher writes configuration (documents are",
+        "# signed: the agents verify them). Doctor accounts (<id>.doctor) have no entry:",
+        "# they may connect and do nothing else.",
+        "",
+        f"user {CONFIG_PUBLISHER}",
+        f"topic write {topics.root}/config/#",
         "",
     ]
     kinds = [kind.value for kind in TopicKind]
@@ -223,6 +246,9 @@ def _acl(collectors: tuple[str, ...], school_ids: list[str], topics: Topics) -> 
         lines += [
             f"topic read {receipts_topic(topics.root, school_id)}",
             f"topic read {topics.capabilities}",
+            f"topic read {topics.root}/config/all",
+            f"topic read {topics.root}/config/region/{regions[school_id]}",
+            f"topic read {topics.root}/config/school/{school_id}",
             "",
         ]
     return "\n".join(lines)
@@ -237,17 +263,28 @@ def _collector_toml(name: str, password: str) -> str:
     )
 
 
-def _agent_toml(school_id: str, broker_url: str, password: str, ca_path: str) -> str:
+def _agent_toml(
+    school_id: str,
+    broker_url: str,
+    password: str,
+    ca_path: str,
+    region: str,
+    *,
+    key_path: str | None,
+) -> str:
+    remote = f'\n[remote_config]\npublic_key = "{key_path}"\n' if key_path else ""
     return (
         "# school-agent configuration issued by `school-collector provision`.\n"
-        "# Install as /etc/school-agent/agent.toml (mode 0600) with ca.pem beside it.\n"
-        f'school_id = "{school_id}"\n\n'
+        "# Install with `school-agent-setup --bundle DIR` (or as /etc/school-agent/agent.toml,\n"
+        "# mode 0640, with ca.pem beside it).\n"
+        f'school_id = "{school_id}"\n'
+        f"region = {json.dumps(region)}\n\n"
         "[mqtt]\n"
         f'url = "{broker_url}"\n'
         f'username = "{school_id}"\n'
         f'password = "{password}"\n'
         f'doctor_username = "{doctor_username(school_id)}"\n'
-        f'ca_file = "{ca_path}"\n'
+        f'ca_file = "{ca_path}"\n' + remote
     )
 
 

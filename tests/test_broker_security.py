@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.provision import COLLECTOR_USER
+from collector.provision import COLLECTOR_USER, CONFIG_PUBLISHER
 from collector.speed_server import SpeedServer
 from tests.support.secure_broker import SecureBroker, connect_client, start_secure_broker
 from tests.support.services import run_agent, unique, wait_for
@@ -245,3 +246,35 @@ def test_provisioning_again_changes_nothing_and_rotation_changes_one(
     assert not (out / "collector" / "collector-2.toml").exists()
     assert "collector-2:" not in (out / "mosquitto" / "passwords").read_text()
     assert (out / "schools" / "KZ-A" / "agent.toml").exists()
+
+
+def test_configuration_reaches_a_school_from_its_own_topics_only_and_only_the_publisher_writes(
+    secure: SecureBroker,
+) -> None:
+    """KZ-A (Almaty) reads the ministry's documents for all, Almaty and itself; it reads no
+    other region's or school's; neither a school nor a collector can write one."""
+    publisher, answer = _client(secure, CONFIG_PUBLISHER, _issued_password(secure), tls=False)
+    assert answer == "Success"
+    school_a, _ = _client(secure, "KZ-A", secure.password("KZ-A"))
+    school_b, _ = _client(secure, "KZ-B", secure.password("KZ-B"))
+    collector, _ = _client(secure, COLLECTOR_USER, secure.password(COLLECTOR_USER), tls=False)
+    mine = ("schools/config/all", "schools/config/region/Almaty", "schools/config/school/KZ-A")
+    others = ("schools/config/region/Astana", "schools/config/school/KZ-B")
+    forged = {school_b: "schools/config/school/KZ-A", collector: "schools/config/all"}
+    for topic in (*mine, *others):
+        publisher.publish(topic, f"signed {topic}".encode(), qos=1, retain=True).wait_for_publish(5)
+    for client, topic in forged.items():  # neither may write: the broker drops them
+        client.publish(topic, b"forged", qos=1, retain=True).wait_for_publish(5)
+    seen, granted = _listen(school_a, "schools/config/#")
+    wait_for(lambda: len(seen) >= len(mine), what="school A's three documents")
+    time.sleep(0.5)
+    for client in (publisher, school_a, school_b, collector):
+        client.disconnect()
+        client.loop_stop()
+    assert sorted(seen) == sorted(f"{topic} signed {topic}" for topic in mine)
+    assert not granted[0].is_failure  # the subscription stands; the ACL filters each topic
+
+
+def _issued_password(secure: SecureBroker) -> str:
+    path = secure.issued / "collector" / f"{CONFIG_PUBLISHER}.toml"
+    return str(tomllib.loads(path.read_text())["mqtt"]["password"])

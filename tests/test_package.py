@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -242,3 +243,17 @@ def test_the_signed_repository_serves_upgrades_and_a_tampered_index_is_refused(
     assert forged.returncode != 0
     assert "signatures were invalid" in forged.stdout + forged.stderr
     _apt(debian, "purge", "school-agent")
+
+
+def test_every_runtime_dependency_of_the_project_is_pinned_by_the_lock() -> None:
+    """The lock is regenerated with pyproject.toml: a new dependency must be in it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def name(text: str) -> str:
+        found = re.match(r"[A-Za-z0-9._-]+", text)
+        assert found is not None, text
+        return re.sub(r"[-_.]+", "-", found.group(0)).lower()
+
+    pins = {name(n) for n in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", LOCK.read_text(), re.M)}
+    wanted = {name(dependency) for dependency in project["dependencies"]}
+    assert wanted <= pins, f"not in {LOCK.name}: {sorted(wanted - pins)} (see its header)"

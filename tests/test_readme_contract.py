@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from agent.contract import (
     AgentState,
     AgentStatus,
+    ConfigState,
     ConnectivityReport,
     DeviceKind,
     DeviceObservation,
@@ -185,6 +186,9 @@ def _sample_messages() -> list[Envelope]:
             ),
             last_stored_at=at,
             clock_synced=True,
+            config=ConfigState(
+                version="all:3,region:5", refused_total=1, refused_by_reason={"replayed": 1}
+            ),
         ),
         DevicesReport(
             school_id="KZ-1",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm", 0x03: "i386"}
 PROJECT = "school-monitor"
@@ -26,7 +27,7 @@ def elf_machine(path: Path) -> str | None:
         header = file.read(20)
     if len(header) < 20 or header[:4] != b"\x7fELF":
         return None
-    order = "little" if header[5] == 1 else "big"
+    order: Literal["little", "big"] = "little" if header[5] == 1 else "big"
     number = int.from_bytes(header[18:20], order)
     return ELF_MACHINES.get(number, hex(number))
 

@@ -1,4 +1,5 @@
-"""Fleet health: agents offline, agent versions, outbox backlog and drops, data budgets."""
+"""Fleet health: agents offline, agent and configuration versions by region, outbox backlog
+and drops, data budgets."""
 
 from __future__ import annotations
 
@@ -101,6 +102,41 @@ def fleet() -> Json:
             (16, 10, 8, 6),
             fieldConfig=field("decbytes"),
             transformations=[HIDE_TIME],
+        ),
+        panel(
+            "Agent and configuration versions by region (schools online in the last 30 days)",
+            "table",
+            [
+                target(
+                    every_school('"school_id", "version", "config_version"', where=HAS_VERSION),
+                    fmt="table",
+                )
+            ],
+            (0, 16, 24, 8),
+            transformations=[
+                {
+                    "id": "groupBy",
+                    "options": {
+                        "fields": {
+                            "region": {"aggregations": [], "operation": "groupby"},
+                            "version": {"aggregations": [], "operation": "groupby"},
+                            "config_version": {"aggregations": [], "operation": "groupby"},
+                            "school_id": {"aggregations": ["count"], "operation": "aggregate"},
+                        }
+                    },
+                },
+                {
+                    "id": "organize",
+                    "options": {
+                        "renameByName": {
+                            "version": "agent version",
+                            "config_version": "configuration in force",
+                            "school_id (count)": "schools",
+                        }
+                    },
+                },
+            ],
+            fieldConfig=field("short", decimals=0),
         ),
     ]
     return dashboard(FLEET_UID, "School monitor: fleet health", panels)
