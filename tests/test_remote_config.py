@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -232,6 +233,7 @@ def fleet(broker: Mosquitto, topic_root: str, tmp_path: Path) -> Iterator[dict[s
             SCHOOL_AGENT_STATUS_INTERVAL_S="5",
             SCHOOL_AGENT_SCHEDULE__STARTUP_TEST="false",
             SCHOOL_AGENT_CONNECTIVITY__ENABLED="false",
+            SCHOOL_AGENT_CLOCK__HOLD_UNSYNCED="false",  # this machine runs no NTP
         )
         processes.append(
             subprocess.Popen(
@@ -271,6 +273,8 @@ def test_a_region_document_reaches_exactly_that_regions_agents_and_bad_ones_are_
     broker: Mosquitto, topic_root: str, tmp_path: Path, fleet: dict[str, Path]
 ) -> None:
     listener = TopicListener(broker.port, f"{topic_root}/+/agent")
+    devices = TopicListener(broker.port, f"{topic_root}/+/devices")
+    gate = socket.create_server(("127.0.0.1", 0))  # a turnstile's controller, answering TCP
     ministry = tmp_path / "ministry"
     env = {
         "SCHOOL_COLLECTOR_MQTT__URL": broker.url,
@@ -279,7 +283,11 @@ def test_a_region_document_reaches_exactly_that_regions_agents_and_bad_ones_are_
 
     def signed(name: str, *args: str) -> Path:
         settings = tmp_path / f"{name}.toml"
-        settings.write_text("[speedtest]\nthreshold_mbps = 30.0\n")
+        settings.write_text(
+            '[speedtest]\nthreshold_mbps = 30.0\n\n[[devices]]\nid = "gate-1"\n'
+            f'kind = "turnstile"\nlabel = "Main gate"\ncheck = "tcp"\n'
+            f'address = "127.0.0.1:{gate.getsockname()[1]}"\n'
+        )
         out = tmp_path / f"{name}.json"
         result = _collector_cli(
             "config",
@@ -326,6 +334,16 @@ def test_a_region_document_reaches_exactly_that_regions_agents_and_bad_ones_are_
 
         wait_for(on_region_5, timeout=30, what="KZ-A1 and KZ-A2 on region:5")
 
+        def watching() -> set[str]:
+            return {
+                m["school_id"]
+                for m in devices.snapshot()
+                if any(d["device_id"] == "gate-1" and d["state"] == "up" for d in m["devices"])
+            }
+
+        # Applied without a restart: the agents of Almaty now check the device it added.
+        wait_for(lambda: watching() == {"KZ-A1", "KZ-A2"}, timeout=30, what="the gate checked")
+
         older = signed("almaty-4", "--scope", "region", "--target", "Almaty", "--version", "4")
         publish(older)  # replaces the retained 5 on the broker: agents refuse it
         tampered = tmp_path / "tampered.json"
@@ -371,5 +389,8 @@ def test_a_region_document_reaches_exactly_that_regions_agents_and_bad_ones_are_
         assert "in force: region:5 (the national speed server)" in line
         assert "1 replayed" in line
         assert line.startswith("WARN")
+        assert watching() == {"KZ-A1", "KZ-A2"}  # never KZ-B1
     finally:
         listener.close()
+        devices.close()
+        gate.close()
