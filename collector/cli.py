@@ -306,6 +306,13 @@ def _add_config(commands: Any, common: argparse.ArgumentParser) -> None:
         "as the config-publisher account of school-collector provision.",
     )  # fmt: skip
     publish.add_argument("document", type=Path, metavar="FILE.json", help="from config sign")
+    status = actions.add_parser(
+        "status", parents=[common], help="which schools have applied which configuration",
+        description="As `school-collector fleet`: the configuration in force at each school, "
+        "by region, and the schools not on the latest.",
+    )  # fmt: skip
+    status.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                        help="output format (default: %(default)s)")  # fmt: skip
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -394,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - one 
         return _provision(args)
     if args.command == "alert-routing":
         return _alert_routing(args.teams, args.out)
-    if args.command == "config" and args.action != "publish":
+    if args.command == "config" and args.action not in ("publish", "status"):
         return _config(args)
     try:
         settings = load_settings(CollectorSettings, args.config)
@@ -412,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - one 
         return _retention(settings, args)
     if args.command == "report":
         return _report(settings, args)
+    if args.command == "config" and args.action == "status":
+        return _fleet(settings, args.format)
     if args.command == "config":
         return _config_publish(settings, args.document)
     if args.command == "fleet":

@@ -52,6 +52,9 @@ def test_the_fleet_lists_versions_and_the_schools_behind_or_silent(database: Inf
     assert {s for s, row in rows.items() if row["behind"]} == {"KZ-A2", "KZ-B1"}
     assert {s for s, row in rows.items() if row["silent"]} == {"KZ-B2"}
 
+    status = collector_cli(database, "config", "status", "--format", "json")
+    assert json.loads(status.stdout) == json.loads(result.stdout)  # the same, from `config`
+
     table = collector_cli(database, "fleet")
     assert table.returncode == 0, table.stderr
     assert ["Almaty", "0.2.0", "all:7,region:5", "1"] in [
