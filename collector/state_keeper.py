@@ -72,6 +72,11 @@ NOT_UP_STATES = ("late", "down", "stale")
 # LATE_S after they were measured carry no marker, and clocks differ a little.
 OVERLAP_S = LATE_S + 60
 LATE_SCHOOLS_PER_READ = 50
+# The first tick (reading every school's raw points) waits for a backlog to drain, up to
+# this long: a 2,000,000-message backlog drains in about 25 minutes. Built during the
+# drain, the state would be half of it, read while InfluxDB takes the backlog, and it
+# held several times the drain's memory. Later ticks wait at most rollout.interval_s.
+BOOTSTRAP_WAIT_S = 3600.0
 
 SPEED_ROWS = (
     'SELECT "result_code", "download_mbps", "result" FROM "speed" WHERE {where} '
@@ -140,7 +145,8 @@ class StateKeeper:
         delay = interval - time.time() % interval
         while not self._stopping.wait(delay):
             delay = interval - time.time() % interval  # on whole intervals, as other keepers
-            if postpone(self._draining, self._stopping, self._settings.rollout.interval_s):
+            limit = self._settings.rollout.interval_s if self._read_from else BOOTSTRAP_WAIT_S
+            if postpone(self._draining, self._stopping, limit):
                 return
             try:
                 self.tick()

@@ -4,6 +4,7 @@ points, replays, redeliveries and Last Wills that go through a running collector
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 from localstack import Mosquitto
 
 from agent.contract import AgentState, AgentStatus, HostHealth, StatusReason
+from collector import rollup as rollup_module
 from collector.current_state import AGENT_DAYS, AGENT_FIELDS, LATE_S, NS, CurrentState, days_ns
 from collector.fleet import Fleet, generate, write_direct
 from collector.influx.query import InfluxQL, quote_literal
@@ -330,3 +332,28 @@ def test_old_dated_points_make_a_bounded_read_again() -> None:
     assert {s for r in reads for s in r.schools} == set(many)
     for read in reads:
         assert read.since == min(many[s] for s in read.schools)
+
+
+def test_the_first_state_waits_for_a_backlog_to_drain_past_the_rollout_interval(
+    database: Influx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later read gives up waiting after rollout.interval_s; the first one does not."""
+    monkeypatch.setattr(rollup_module, "DRAIN_POLL_S", 0.05)
+    influx = InfluxSettings(url=database.url, database=database.database)
+    now = datetime.now(UTC)
+    V1Writer(influx).write([encode("agent", {"school_id": "KZ-7", "region": "R"},
+                                   {"online": 1, "reason": "heartbeat"}, ns(now))])  # fmt: skip
+    settings = CollectorSettings(influx=influx, state={"interval_s": 5},
+                                 rollout={"interval_s": 10})  # fmt: skip
+    draining = threading.Event()
+    draining.set()
+    keeper = StateKeeper(settings, draining=draining.is_set)
+    count = 'SELECT count("online") FROM "state"."school_state"'
+    keeper.start()
+    try:
+        time.sleep(5 + 10 + 3)  # a whole interval, then longer than rollout.interval_s
+        assert database.client.query(count) == []  # still waiting for the drain
+        draining.clear()
+        wait_for(lambda: database.client.query(count), timeout=30, what="the first state")
+    finally:
+        keeper.stop()
