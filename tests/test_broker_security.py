@@ -278,3 +278,32 @@ def test_configuration_reaches_a_school_from_its_own_topics_only_and_only_the_pu
 def _issued_password(secure: SecureBroker) -> str:
     path = secure.issued / "collector" / f"{CONFIG_PUBLISHER}.toml"
     return str(tomllib.loads(path.read_text())["mqtt"]["password"])
+
+
+def test_with_the_ministrys_key_every_bundle_carries_it_its_region_and_the_setting(
+    secure: SecureBroker, tmp_path: Path
+) -> None:
+    from agent.remote_config import load_public_key  # noqa: PLC0415
+    from agent.settings import AgentSettings  # noqa: PLC0415
+    from collector.config_documents import keygen  # noqa: PLC0415
+    from collector.provision import provision  # noqa: PLC0415
+    from collector.registry import School, SchoolRegistry  # noqa: PLC0415
+
+    _, public = keygen(tmp_path / "ministry")
+    registry = SchoolRegistry([School("KZ-A", "Almaty"), School("KZ-D", "North Kazakhstan")])
+    out = tmp_path / "issued"
+    provision(registry, out, broker_url="mqtts://b:8883", ca_file=secure.ca, config_key=public)
+    bundle = out / "schools" / "KZ-D"
+    assert (bundle / "config-key.pub").read_bytes() == public.read_bytes()
+    issued = tomllib.loads((bundle / "agent.toml").read_text())
+    issued["mqtt"]["ca_file"] = str(secure.ca)  # (where ca.pem is here, not at the school)
+    settings = AgentSettings.model_validate(issued)
+    assert settings.region == "North Kazakhstan"
+    assert settings.remote_config.public_key == Path("/etc/school-agent/config-key.pub")
+    load_public_key(bundle / "config-key.pub")  # a key the agent can read
+    publisher = out / "collector" / f"{CONFIG_PUBLISHER}.toml"
+    assert oct(publisher.stat().st_mode & 0o777) == "0o600"
+    assert (
+        "topic read schools/config/region/North Kazakhstan"
+        in (out / "mosquitto" / "acl").read_text()
+    )
