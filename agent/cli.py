@@ -122,8 +122,19 @@ def with_remote_config(settings: AgentSettings, config: Path | None) -> AgentSet
     from agent.remote_config import REMOTE_CONFIG_FILE  # noqa: PLC0415 - cryptography: when on
     from agent.remote_config import load as load_applied  # noqa: PLC0415
 
-    layers = load_applied(settings.state_dir / REMOTE_CONFIG_FILE).layers()
-    return load_settings(AgentSettings, config, layers=tuple(layers)) if layers else settings
+    path = settings.state_dir / REMOTE_CONFIG_FILE
+    layers = load_applied(path).layers()
+    if not layers:
+        return settings
+    try:
+        return load_settings(AgentSettings, config, layers=tuple(layers))
+    except ConfigError as exc:  # e.g. an upgrade changed a setting a document sets
+        log.warning(
+            "the ministry's configuration in %s no longer gives valid settings (%s); running "
+            "on the local configuration until the ministry publishes a newer document",
+            path, str(exc).replace("\n", " "),
+        )  # fmt: skip
+        return settings
 
 
 def _run(settings: AgentSettings, *, once: bool, config: Path | None) -> int:

@@ -35,7 +35,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from agent.broker import BrokerSettings, new_client
-from agent.remote_config import Document, Scope, Signed, sign, topic_for
+from agent.config_file import ConfigError, load_settings
+from agent.remote_config import REMOTE_KEYS, Document, Scope, Signed, sign, topic_for
+from agent.settings import AgentSettings
 
 # The broker account that may publish documents (school-collector provision issues it).
 # Not a collector's: the broker binds a session to its account, and a publisher using a
@@ -93,8 +95,6 @@ def make_document(
         raise ConfigDocumentError(
             "--target names the region or school; give it for --scope region or school, not for all"
         )
-    from agent.remote_config import REMOTE_KEYS  # noqa: PLC0415
-
     if forbidden := sorted(set(settings) - REMOTE_KEYS):
         raise ConfigDocumentError(
             f"{settings_file} sets {', '.join(forbidden)}; a remote document may set only "
@@ -113,9 +113,6 @@ def make_document(
 
 def _check_agent_settings(settings: dict[str, Any], settings_file: Path) -> None:
     """The settings must be valid agent settings on their own, as agents will check."""
-    from agent.config_file import ConfigError, load_settings  # noqa: PLC0415
-    from agent.settings import AgentSettings  # noqa: PLC0415
-
     try:
         load_settings(AgentSettings, None, layers=(settings,), school_id="KZ-CHECK")
     except ConfigError as exc:

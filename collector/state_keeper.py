@@ -145,7 +145,8 @@ class StateKeeper:
         delay = interval - time.time() % interval
         while not self._stopping.wait(delay):
             delay = interval - time.time() % interval  # on whole intervals, as other keepers
-            limit = self._settings.rollout.interval_s if self._read_from else BOOTSTRAP_WAIT_S
+            first = self._read_from is None
+            limit = BOOTSTRAP_WAIT_S if first else self._settings.rollout.interval_s
             if postpone(self._draining, self._stopping, limit):
                 return
             try:

@@ -394,3 +394,37 @@ def test_a_region_document_reaches_exactly_that_regions_agents_and_bad_ones_are_
         listener.close()
         devices.close()
         gate.close()
+
+
+def test_a_kept_document_no_longer_valid_leaves_the_agent_running_on_its_local_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade that changes a setting a kept document sets must not stop the agent."""
+    from agent.cli import with_remote_config  # noqa: PLC0415
+
+    state = tmp_path / "state"
+    state.mkdir()
+    kept = _document(Scope.ALL, None, 3, speedtest={"threshold_mbps": -1.0})
+    (state / "remote_config.json").write_text(
+        json.dumps({"documents": {"all": kept.model_dump(mode="json")}})
+    )
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'school_id = "KZ-A1"\nstate_dir = "{state}"\n\n[remote_config]\n'
+        f'public_key = "{tmp_path / "key.pub"}"\n'
+    )
+    local = load_settings(AgentSettings, config)
+    assert with_remote_config(local, config) is local
+    assert "no longer gives valid settings" in caplog.text
+    assert "speedtest.threshold_mbps" in caplog.text
+
+
+def test_a_document_is_never_published_with_a_collectors_account(tmp_path: Path) -> None:
+    """The broker binds a session to its account: a collector's would be taken over."""
+    from agent.broker import BrokerSettings  # noqa: PLC0415
+    from collector.config_documents import ConfigDocumentError, publish  # noqa: PLC0415
+
+    signed = sign(_document(Scope.ALL, None), KEY)
+    collector = BrokerSettings(url="mqtt://school-collector:secret@127.0.0.1:1")
+    with pytest.raises(ConfigDocumentError, match="config-publisher"):
+        publish(signed, collector, "schools")

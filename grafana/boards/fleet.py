@@ -19,6 +19,13 @@ from grafana.parts import (
 HAS_VERSION = "\"version\" != ''"  # a school without a version (no online status) has no slice
 
 
+def schools_by(*fields: str) -> Json:
+    """Grafana's groupBy: a row per combination of ``fields``, with its schools counted."""
+    grouped: Json = {name: {"aggregations": [], "operation": "groupby"} for name in fields}
+    grouped["school_id"] = {"aggregations": ["count"], "operation": "aggregate"}
+    return {"id": "groupBy", "options": {"fields": grouped}}
+
+
 def fleet() -> Json:
     panels = [
         panel(
@@ -48,17 +55,7 @@ def fleet() -> Json:
             "piechart",
             [target(every_school('"school_id", "version"', where=HAS_VERSION, by=""), fmt="table")],
             (12, 0, 12, 10),
-            transformations=[
-                {
-                    "id": "groupBy",
-                    "options": {
-                        "fields": {
-                            "version": {"aggregations": [], "operation": "groupby"},
-                            "school_id": {"aggregations": ["count"], "operation": "aggregate"},
-                        }
-                    },
-                }
-            ],
+            transformations=[schools_by("version")],
             fieldConfig=field("short", decimals=0),
             options={
                 # One slice per row (version), not one slice reduced from every row.
@@ -114,17 +111,7 @@ def fleet() -> Json:
             ],
             (0, 16, 24, 8),
             transformations=[
-                {
-                    "id": "groupBy",
-                    "options": {
-                        "fields": {
-                            "region": {"aggregations": [], "operation": "groupby"},
-                            "version": {"aggregations": [], "operation": "groupby"},
-                            "config_version": {"aggregations": [], "operation": "groupby"},
-                            "school_id": {"aggregations": ["count"], "operation": "aggregate"},
-                        }
-                    },
-                },
+                schools_by("region", "version", "config_version"),
                 {
                     "id": "organize",
                     "options": {
