@@ -151,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--via", choices=["mqtt", "influx"], default="mqtt",
         help="mqtt: publish through mqtt.url to the running collector; influx: write points "
-        "directly (fast, no collector needed)",
+        "directly (fast, no collector needed; default: %(default)s)",
     )  # fmt: skip
     simulate.add_argument("--compression", type=float, default=0.0,
                           help="with mqtt: simulated seconds per real second (0: as fast as "
-                          "the broker acknowledges)")  # fmt: skip
+                          "the broker acknowledges; default: %(default)s)")  # fmt: skip
     provision = commands.add_parser(
         "provision",
         help="issue broker accounts and agent bundles for every school in the registry",

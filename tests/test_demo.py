@@ -72,6 +72,10 @@ def test_demo_brings_the_pipeline_up_and_prints_what_was_stored(tmp_path: Path) 
         assert percent == round(row["percent"], 1)
     assert rows[0]["total"] == 301  # the simulated 300 and the demo's own school
     assert "rollout --region" in out  # what to try next
+    tried = out.split("Try:", 1)[1]
+    assert "school-collector rollout --region '" in tried, out
+    assert "' --format csv" in tried, out  # one region, for a spreadsheet
+    assert "copy grafana/provisioning/ to /etc/grafana/provisioning/" in tried, out
     report = (tmp_path / "stack" / "report.html").read_text()
     assert "<svg" in report
     assert "School connectivity and safety" in report

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from localstack import InfluxDB, free_port
 
 from collector.influx.query import InfluxQL
@@ -88,6 +90,22 @@ def test_a_query_that_cannot_reach_influxdb_names_the_setting_and_the_demo(
     config.write_text(f'[influx]\nurl = "{url}"\n')
     from_file = _collector("query", "SHOW DATABASES", "--config", str(config))
     assert f"from {config}" in from_file.stderr
+    # The issue's own case: a new shell, no setting and no config file (command_env drops
+    # every SCHOOL_* variable, SCHOOL_COLLECTOR_CONFIG too), so the default localhost:8086.
+    try:
+        socket.create_connection(("localhost", 8086), timeout=2).close()
+    except OSError:
+        pass  # nothing listens there, as in a new shell
+    else:
+        pytest.skip("something listens on localhost:8086, the default influx.url")
+    new_shell = _collector("query", "SHOW DATABASES")
+    assert new_shell.returncode == 1
+    default = (
+        "cannot reach InfluxDB at http://localhost:8086 (influx.url: the default (no config "
+        "file read, no SCHOOL_COLLECTOR_INFLUX__URL in the environment))"
+    )
+    assert default in new_shell.stderr, new_shell.stderr
+    assert "for the demo's services: set -a; . .run/stack/stack.env; set +a" in new_shell.stderr
 
 
 def test_rollout_without_a_registry_says_how_to_import_one(database: Influx) -> None:
@@ -132,6 +150,10 @@ def test_every_option_of_rollout_and_simulate_says_what_it_does_and_its_default(
                    "--tests-per-day TESTS_PER_DAY speed tests per school per day"):  # fmt: skip
         assert option in simulate
     assert "(default: 7400" in simulate
+    assert "the same 30 days (default: 1)" in simulate  # --seed
+    assert "speed tests per school per day (default: 1.0)" in simulate
+    assert "(fast, no collector needed; default: mqtt)" in simulate  # --via
+    assert "as fast as the broker acknowledges; default: 0.0)" in simulate  # --compression
 
 
 def test_the_demos_help_is_only_help() -> None:

@@ -19,11 +19,22 @@ from pathlib import Path
 
 import pytest
 
-from collector.fleet import generate, write_direct
+from agent.contract import (
+    DEVICE_RESULT_CODES,
+    DeviceKind,
+    DeviceObservation,
+    DeviceResult,
+    DevicesReport,
+    DeviceState,
+    new_message_id,
+)
+from collector.fleet import Fleet, generate, ground_truth, write_direct
 from collector.influx import make_history_writer, make_writer
 from collector.influx.query import InfluxQL
+from collector.points import PointMaker, ns
 from collector.report import Period
-from collector.rollout import rollout, rollout_lines
+from collector.rollout import NATIONAL, rollout, rollout_lines
+from collector.rollout_rules import Rules
 from collector.service import prepare_database
 from collector.settings import CollectorSettings, InfluxSettings
 from tests.support.services import REPO, Influx, command_env
@@ -52,6 +63,45 @@ class Figures(HTMLParser):
             )
 
 
+class Sections(HTMLParser):
+    """The page as a reader sees it: under each heading (h2), its text and its tables' rows
+    (each row a list of its cells' text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: dict[str, str] = {}
+        self.rows: dict[str, list[list[str]]] = {}
+        self.heading: str | None = None
+        self._in_heading = False
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "h2":
+            self._in_heading, self.heading = True, ""
+        elif self.heading is not None and not self._in_heading:
+            if tag == "tr":
+                self.rows[self.heading].append([])
+            elif tag in ("td", "th"):
+                self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "h2" and self.heading is not None:
+            self._in_heading = False
+            self.heading = " ".join(self.heading.split())
+            self.text[self.heading], self.rows[self.heading] = "", []
+        elif tag in ("td", "th") and self._cell is not None and self.heading is not None:
+            self.rows[self.heading][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in_heading:
+            self.heading = (self.heading or "") + data
+        elif self.heading is not None:
+            self.text[self.heading] = " ".join((self.text[self.heading] + " " + data).split())
+            if self._cell is not None:
+                self._cell.append(data)
+
+
 def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
     assert CHROMIUM, "chromium is installed by deploy/setup.sh --dev"
     return subprocess.run(
@@ -61,9 +111,18 @@ def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+# The panic button the fixture leaves down: since this long before the period's end.
+DOWN_FOR = timedelta(days=4, hours=12)
+
+
 @pytest.fixture
-def fleet_database(database: Influx) -> tuple[Influx, Period]:
-    """60 schools' last 30 days, their registry, and a daily rollout in history."""
+def fleet_database(database: Influx) -> tuple[Influx, Period, Fleet, DevicesReport]:
+    """60 schools' last 30 days, their registry, and a daily rollout in history.
+
+    Besides the fleet's own silent schools (those without an agent never report), one
+    school's only result is 29 days before the period's end (dropped off by then), and
+    one school's panic button is down, reported an hour before the period's end.
+    """
     influx = InfluxSettings(url=database.url, database=database.database)
     settings = CollectorSettings(influx=influx)
     writer = make_writer(influx)
@@ -72,7 +131,31 @@ def fleet_database(database: Influx) -> tuple[Influx, Period]:
     last_month = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
     period = Period.parse(last_month)
     fleet = generate(60, now=now, seed=7, tests_per_day=2.0)
+    dropped = next(record for record in fleet.records if not record.monitored)
+    dropped.downloads = [(period.end - timedelta(days=29), 35.0)]
     write_direct(fleet, writer, influx, registry_at=period.start - timedelta(days=40))
+    school = next(r.school for r in fleet.records if r.school.has(DeviceKind.PANIC_BUTTON))
+    down = DevicesReport(
+        school_id=school.school_id,
+        agent_id=f"agent-{school.school_id.lower()}",
+        measured_at=period.end - timedelta(hours=1),
+        boot_id=new_message_id(),
+        sequence=0,
+        full=True,
+        devices=[
+            DeviceObservation(
+                device_id="panic_button-1",
+                kind=DeviceKind.PANIC_BUTTON,
+                label="panic button 1",
+                state=DeviceState.DOWN,
+                changed_at=period.end - DOWN_FOR,
+                result=DeviceResult.TIMEOUT.value,
+                result_code=DEVICE_RESULT_CODES[DeviceResult.TIMEOUT],
+            )
+        ],
+    )
+    maker = PointMaker(place_of=fleet.registry.place_of)
+    writer.write(maker.lines(down, ns(down.measured_at)))
     history = make_history_writer(influx)
     client = InfluxQL(influx)
     day = period.start
@@ -82,13 +165,13 @@ def fleet_database(database: Influx) -> tuple[Influx, Period]:
         history.write(rollout_lines(rows, day))
         day += timedelta(days=3)
     client.close()
-    return database, period
+    return database, period, fleet, down
 
 
 def test_the_report_shows_in_a_browser_the_figures_rollout_gives(
-    fleet_database: tuple[Influx, Period], tmp_path: Path
+    fleet_database: tuple[Influx, Period, Fleet, DevicesReport], tmp_path: Path
 ) -> None:
-    database, period = fleet_database
+    database, period, fleet, down = fleet_database
     env = command_env(
         SCHOOL_COLLECTOR_INFLUX__URL=database.url,
         SCHOOL_COLLECTOR_INFLUX__DATABASE=database.database,
@@ -131,6 +214,80 @@ def test_the_report_shows_in_a_browser_the_figures_rollout_gives(
             assert percent == pytest.approx(row["percent"], abs=0.01), key
     national = [key for key in figures.found if key[1] == "national"]
     assert len(national) == len({r["metric"] for r in expected.values()})
+
+    # The rest of the page, as read, against what the fixture put in.
+    sections = Sections()
+    sections.feed(dom)
+    _check_previous_period(sections, fleet, period)
+    _check_chased_schools(sections, fleet, period)
+    _check_devices_down(sections, fleet, period, down)
+    _check_coverage(sections, fleet, period)
+
+
+def _check_previous_period(sections: Sections, fleet: Fleet, period: Period) -> None:
+    """The previous period's column and the change: the fleet's own truth at both ends."""
+    head, *rows = sections.rows["National rollout"]
+    assert head[3:6] == [f"{period.end:%d %b %Y}", f"{period.start:%d %b %Y}", "change"]
+    by_metric = {row[0]: row for row in rows}
+    now, before = ground_truth(fleet, period.end), ground_truth(fleet, period.start)
+    changed = 0
+    for metric in ("reporting", "never_reported", "dropped_off", "security_contract"):
+        row, was, is_ = by_metric[metric], before[metric, NATIONAL], now[metric, NATIONAL]
+        assert row[3:6] == [f"{is_:.1f} %", f"{was:.1f} %", f"{is_ - was:+.1f} pp"], metric
+        changed += was != is_
+    assert changed  # the column is the previous period's, not the current one again
+
+
+def _check_chased_schools(sections: Sections, fleet: Fleet, period: Period) -> None:
+    """Every school silent for more than 28 days by the period's end, or never heard from."""
+    rules, expected = Rules(), []
+    for record in fleet.records:
+        school = record.school
+        reports = [at for at, _ in record.downloads if at <= period.end]
+        if not reports:
+            expected.append([school.school_id, school.name, school.region, "never reported",
+                             "never"])  # fmt: skip
+        elif period.end - max(reports) > timedelta(days=rules.dropped_days):
+            expected.append([school.school_id, school.name, school.region, "dropped off",
+                             f"{max(reports):%Y-%m-%d}"])  # fmt: skip
+    dropped = sum(1 for row in expected if row[3] == "dropped off")
+    assert dropped >= 1  # the fixture's silent schools
+    assert len(expected) - dropped >= 1
+    section = "Schools that dropped off or never reported"
+    head, *rows = sections.rows[section]
+    assert head == ["school", "name", "region", "status", "last speed result"]
+    assert sorted(rows) == sorted(expected)
+    summary = f"{len(expected)} schools: {dropped} dropped off, {len(expected) - dropped} never"
+    assert summary in sections.text[section]
+
+
+def _check_devices_down(
+    sections: Sections, fleet: Fleet, period: Period, down: DevicesReport
+) -> None:
+    """The one device the fixture left down before the period's end (the fleet's own
+    device lists come after it)."""
+    (device,) = down.devices
+    region = fleet.registry.place_of(down.school_id).region
+    head, *rows = sections.rows["Safety devices down longest"]
+    assert head == ["school", "region", "device", "kind", "down since", "days"]
+    days = DOWN_FOR.total_seconds() / 86_400
+    assert rows == [[down.school_id, region, device.device_id, "panic button",
+                     f"{period.end - DOWN_FOR:%Y-%m-%d %H:%M}", f"{days:.1f}"]]  # fmt: skip
+
+
+def _check_coverage(sections: Sections, fleet: Fleet, period: Period) -> None:
+    """Schools with any speed result (a failed test too) in the period, and those with none."""
+    reported = {
+        record.school.school_id
+        for record in fleet.records
+        if any(period.start <= at < period.end for at, _ in record.downloads)
+    }
+    registered = len(fleet.records)
+    assert 0 < len(reported) < registered
+    assert (
+        f"{len(reported)} of {registered} registered schools sent at least one speed result "
+        f"in the period; {registered - len(reported)} sent none."
+    ) in sections.text["Coverage of the data"]
 
 
 def test_a_period_that_is_not_a_month_is_refused_with_the_right_form() -> None:
