@@ -247,8 +247,17 @@ class Outbox:
                 [(now, message_id) for message_id in ids],
             )
 
-    def confirm(self, message_ids: Iterable[str], stored_at: float) -> Confirmed:
-        """A receipt says InfluxDB stored these messages (at ``stored_at``): forget them."""
+    def confirm(
+        self, message_ids: Iterable[str], stored_at: float, *, sent_past: bool = False
+    ) -> Confirmed:
+        """A receipt says InfluxDB stored these messages (at ``stored_at``): forget them.
+
+        The time of the last central store moves only when one of them was this
+        outbox's, or (``sent_past``) a message of this agent sent past the outbox
+        (a status while the clock is wrong): a receipt that only refuses, or names
+        only messages already gone, says nothing of this agent's data being stored.
+        It never moves back (receipts from several collectors may cross).
+        """
         removed, latest = 0, None
         with self._lock, self._transaction():
             for message_id in message_ids:
@@ -258,7 +267,13 @@ class Outbox:
                         latest = acked_at
             if removed:
                 self._add_counter("confirmed", removed)
-            self._set_fact("last_stored_at", str(stored_at))
+            if removed or sent_past:
+                self._db.execute(
+                    "INSERT INTO facts (name, value) VALUES ('last_stored_at', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value "
+                    "WHERE CAST(excluded.value AS REAL) > CAST(value AS REAL)",
+                    (str(stored_at),),
+                )
         return Confirmed(removed, latest)
 
     def refuse(self, refusals: Iterable[tuple[str | None, str, str]]) -> int:

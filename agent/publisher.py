@@ -595,7 +595,7 @@ class Publisher:
             probes = [self._probes.pop(i) for i in receipt.stored if i in self._probes]
         for sent in probes:
             self._time.heard(stored_at, sent)
-        confirmed = self.outbox.confirm(receipt.stored, stored_at)
+        confirmed = self.outbox.confirm(receipt.stored, stored_at, sent_past=bool(probes))
         final = [r for r in receipt.refused if r.reason != RejectReason.RATE_LIMITED.value]
         if final:
             self.outbox.refuse((r.message_id, r.reason, r.detail) for r in final)

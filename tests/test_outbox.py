@@ -92,3 +92,22 @@ def test_messages_older_than_the_age_limit_are_dropped_and_counted(tmp_path: Pat
     assert [m.payload for m in box.after(0, 10)] == [b"younger", b"new"]
     stats = box.stats()
     assert (stats.dropped, stats.oldest_age_s) == (1, 1000)
+
+
+def test_only_a_receipt_naming_one_of_its_messages_dates_the_last_central_store(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(tmp_path / "outbox.db")
+    box.put("t/KZ-1/speed", b"{}", message_id="mine")
+    # A receipt that only refuses (an unknown school's), then one naming another's id.
+    box.confirm([], 1000.0)
+    box.refuse([("refused", "unknown_school", "not in the registry")])
+    box.confirm(["not-here"], 1001.0)
+    assert box.delivery().last_stored_at is None
+    assert box.confirm(["mine"], 1002.0).removed == 1
+    assert box.delivery().last_stored_at == 1002.0
+    box.confirm(["mine"], 1003.0)  # a repeat's receipt: that message is gone already
+    assert box.delivery().last_stored_at == 1002.0
+    box.confirm([], 1004.0, sent_past=True)  # a status sent past the outbox was stored
+    box.confirm([], 900.0, sent_past=True)  # an older receipt arriving late
+    assert box.delivery().last_stored_at == 1004.0
