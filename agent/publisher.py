@@ -456,7 +456,7 @@ class Publisher:
             kind = TopicKind(held.topic.rsplit("/", 1)[-1])
             message = MESSAGE_MODELS[kind].model_validate_json(held.payload)
             payload = restamped(message, true_s).model_dump_json().encode()
-            stored = self.outbox.release(held.id, payload)
+            stored = self.outbox.release(held.id, payload, dated=true_s)
             if stored is not None:
                 released += 1
                 self._send(stored.id, stored.topic, stored.payload, stored.retain)
