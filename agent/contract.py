@@ -9,7 +9,7 @@ configurable root with one subtree per school::
     <root>/<school_id>/agent     agent status, retained; Last Will (QoS 1)
     <root>/<school_id>/connectivity  an hour's reachability checks     (QoS 1)
     <root>/<school_id>/outage    one outage, once it ended               (QoS 1)
-    <root>/<school_id>/receipts  what the collector stored and refused   (QoS 1, to the agent)
+    <root>/<school_id>/receipts  what the collector stored and refused   (QoS 0, to the agent)
 
 The collector republishes anything it cannot accept as a :class:`DeadLetter`,
 and tells each school, in a :class:`Receipt`, which of its messages InfluxDB

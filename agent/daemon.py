@@ -87,13 +87,16 @@ class Agent:
         self.agent_id = settings.agent_id or load_agent_id(state_dir)
         self.boot_id = new_boot_id()
         keep = settings.outbox
+        sync = KernelSync() if settings.clock.hold_unsynced else Unchecked()
+        self.time_keeper = TimeKeeper(sync)
         self.outbox = Outbox(
             state_dir / "outbox.db",
             max_bytes=int(keep.max_mb * MB),
             max_age_s=keep.max_age_days * 86_400,
+            # What held measurements are aged by: the clocks they are held with.
+            monotonic=self.time_keeper.now_monotonic,
+            boot_id=self.time_keeper.boot_id,
         )
-        sync = KernelSync() if settings.clock.hold_unsynced else Unchecked()
-        self.time_keeper = TimeKeeper(sync)
         self.publisher = Publisher(
             settings.mqtt,
             self.outbox,

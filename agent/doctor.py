@@ -141,7 +141,7 @@ def _delivery(settings: AgentSettings, now: float | None = None) -> Finding:
     if delivery.last_stored_at is not None:
         stored = f"last stored centrally {_when(delivery.last_stored_at, now)}"
     elif delivery.receipts:
-        stored = "no receipt from the collector yet"
+        stored = "no receipt has confirmed a central store yet"
     else:
         stored = "the collectors send no receipts (the broker's acknowledgement is the last word)"
     last = delivery.last_refusal

@@ -8,6 +8,16 @@ it leave. One the broker acknowledged but no receipt named is sent again
 (:meth:`Outbox.take_overdue`). The outbox is bounded by size and age; when
 full, the oldest messages go first, and every drop is counted (the count
 survives restarts and is reported in the agent status).
+
+Both limits hold for every message, whatever it waits for (the broker, a
+receipt, or the clock). A message's age is its true age: ``stored_at`` by the
+wall clock, except for one held for the clock, whose ``stored_at`` was read
+from a clock not believed (a Raspberry Pi boots with the time it last saved,
+perhaps weeks behind, and jumps when NTP syncs). A held message is aged by the
+monotonic clock since its measurement, in the boot it was taken; one held in
+an earlier boot has no true age and is not aged out (it can never be dated;
+the publisher drops it as undatable). Once dated, its ``stored_at`` becomes
+the true time of its measurement.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.clock_trust import kernel_boot_id
 
 MB = 1_000_000
 DEFAULT_MAX_BYTES = 50 * MB
@@ -127,11 +139,17 @@ class Outbox:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_age_s: float = DEFAULT_MAX_AGE_S,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        boot_id: str | None = None,
     ) -> None:
+        """``monotonic`` and ``boot_id`` (the kernel's, by default) age the messages held
+        for the clock: they must be those the measurements were held with."""
         self.path = path
         self._max_bytes = max_bytes
         self._max_age_s = max_age_s
         self._clock = clock
+        self._monotonic = monotonic
+        self._boot_id = boot_id or kernel_boot_id()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -247,8 +265,17 @@ class Outbox:
                 [(now, message_id) for message_id in ids],
             )
 
-    def confirm(self, message_ids: Iterable[str], stored_at: float) -> Confirmed:
-        """A receipt says InfluxDB stored these messages (at ``stored_at``): forget them."""
+    def confirm(
+        self, message_ids: Iterable[str], stored_at: float, *, sent_past: bool = False
+    ) -> Confirmed:
+        """A receipt says InfluxDB stored these messages (at ``stored_at``): forget them.
+
+        The time of the last central store moves only when one of them was this
+        outbox's, or (``sent_past``) a message of this agent sent past the outbox
+        (a status while the clock is wrong): a receipt that only refuses, or names
+        only messages already gone, says nothing of this agent's data being stored.
+        It never moves back (receipts from several collectors may cross).
+        """
         removed, latest = 0, None
         with self._lock, self._transaction():
             for message_id in message_ids:
@@ -258,7 +285,13 @@ class Outbox:
                         latest = acked_at
             if removed:
                 self._add_counter("confirmed", removed)
-            self._set_fact("last_stored_at", str(stored_at))
+            if removed or sent_past:
+                self._db.execute(
+                    "INSERT INTO facts (name, value) VALUES ('last_stored_at', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value "
+                    "WHERE CAST(excluded.value AS REAL) > CAST(value AS REAL)",
+                    (str(stored_at),),
+                )
         return Confirmed(removed, latest)
 
     def refuse(self, refusals: Iterable[tuple[str | None, str, str]]) -> int:
@@ -332,8 +365,11 @@ class Outbox:
             ).fetchall()
         return [Held(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
 
-    def release(self, message_id: int, payload: bytes) -> Stored | None:
-        """The held message ``message_id``, re-stamped as ``payload``, may now be sent."""
+    def release(self, message_id: int, payload: bytes, *, dated: float) -> Stored | None:
+        """The held message ``message_id``, re-stamped as ``payload``, may now be sent.
+
+        ``dated``: the true time of its measurement, its ``stored_at`` from now on,
+        by which the age limit judges it."""
         with self._lock, self._transaction():
             old = self._db.execute(
                 "SELECT length(payload) FROM outbox WHERE id = ? AND held_boot IS NOT NULL",
@@ -342,9 +378,10 @@ class Outbox:
             if old is None:
                 return None
             row = self._db.execute(
-                "UPDATE outbox SET payload = ?, held_boot = NULL, held_monotonic = NULL "
-                "WHERE id = ? RETURNING id, topic, payload, retain, stored_at",
-                (payload, message_id),
+                "UPDATE outbox SET payload = ?, stored_at = ?, held_boot = NULL, "
+                "held_monotonic = NULL WHERE id = ? "
+                "RETURNING id, topic, payload, retain, stored_at",
+                (payload, dated, message_id),
             ).fetchone()
             self._bytes += len(payload) - old[0]
         return Stored(row[0], row[1], bytes(row[2]), bool(row[3]), row[4])
@@ -376,13 +413,14 @@ class Outbox:
     def stats(self) -> OutboxStats:
         with self._lock:
             oldest, acked, held = self._db.execute(
-                "SELECT min(stored_at), count(acked_at), count(held_boot) FROM outbox"
+                f"SELECT max({_AGE}), count(acked_at), count(held_boot) FROM outbox",  # noqa: S608
+                self._ages(),
             ).fetchone()
             dropped = self._dropped()
             return OutboxStats(
                 messages=self._count,
                 bytes=self._bytes,
-                oldest_age_s=None if oldest is None else max(0.0, self._clock() - oldest),
+                oldest_age_s=None if oldest is None else max(0.0, oldest),
                 dropped=dropped,
                 awaiting_broker=self._count - acked - held,
                 awaiting_receipt=acked,
@@ -395,11 +433,14 @@ class Outbox:
 
     # -- inside the lock and a transaction ----------------------------------
 
+    def _ages(self) -> dict[str, object]:
+        return {"now": self._clock(), "boot": self._boot_id, "monotonic": self._monotonic()}
+
     def _enforce_limits(self) -> None:
         dropped = 0
-        too_old = self._clock() - self._max_age_s
         for size in self._db.execute(
-            "DELETE FROM outbox WHERE stored_at < ? RETURNING length(payload)", (too_old,)
+            f"DELETE FROM outbox WHERE {_AGE} > :max_age RETURNING length(payload)",  # noqa: S608
+            self._ages() | {"max_age": self._max_age_s},
         ).fetchall():
             dropped += 1
             self._bytes -= size[0]
@@ -450,6 +491,15 @@ class Outbox:
         return _Transaction(self._db)
 
 
+# A message's true age (SQL, with :now, :boot and :monotonic): by the wall clock, or for
+# one held for the clock, by the monotonic clock in its boot; NULL for one held in an
+# earlier boot (it has no true age).
+_AGE = (
+    "(CASE WHEN held_boot IS NULL THEN :now - stored_at "
+    "WHEN held_boot = :boot THEN :monotonic - held_monotonic END)"
+)
+
+
 def _message_id_of(payload: bytes) -> str | None:
     try:
         found = json.loads(payload).get("message_id")
@@ -486,14 +536,15 @@ def read_delivery(path: Path) -> tuple[OutboxStats, Delivery]:
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         count, size, oldest, acked, held = db.execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0), min(stored_at), count(acked_at), "
-            "count(held_boot) FROM outbox"
+            f"SELECT count(*), coalesce(sum(length(payload)), 0), max({_AGE}), "  # noqa: S608
+            "count(acked_at), count(held_boot) FROM outbox",
+            {"now": time.time(), "boot": kernel_boot_id(), "monotonic": time.monotonic()},
         ).fetchone()
         dropped = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
         stats = OutboxStats(
             messages=count,
             bytes=size,
-            oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+            oldest_age_s=None if oldest is None else max(0.0, oldest),
             dropped=int(dropped[0]) if dropped else 0,
             awaiting_broker=count - acked - held,
             awaiting_receipt=acked,

@@ -11,13 +11,14 @@ every ``autosave_interval``, so a crash loses what it acknowledged since. When
 the collectors announce receipts (a retained :class:`~agent.contract.Capabilities`
 message), a message stays in the outbox after its PUBACK until the collector's
 :class:`~agent.contract.Receipt` says InfluxDB stored it, or refused it. The
-receipts come on the school's own topic, on a persistent session, so those
-sent while the agent was away arrive when it returns. A message acknowledged
-but never named by a receipt is sent again (``outbox.receipt_grace_s``,
-``outbox.receipt_timeout_s``). Whatever is sent twice keeps its ``message_id``
-and ``measured_at``; the collector turns a repeat into the same point, so
-nothing is lost and nothing is counted twice. Without the announcement the
-PUBACK removes the message, as before receipts existed.
+receipts come on the school's own topic with QoS 0, which the broker does not
+keep for an absent client: one sent while the agent was away is lost. A message
+acknowledged but never named by a receipt is therefore sent again
+(``outbox.receipt_grace_s``, ``outbox.receipt_timeout_s``). Whatever is sent
+twice keeps its ``message_id`` and ``measured_at``; the collector turns a
+repeat into the same point, so nothing is lost and nothing is counted twice.
+Without the announcement the PUBACK removes the message, as before receipts
+existed.
 """
 
 from __future__ import annotations
@@ -164,7 +165,9 @@ class Publisher:
         return self._receipts
 
     def _connect_options(self) -> dict[str, Any]:
-        """A persistent session: receipts sent while the agent is away wait for it."""
+        """A persistent session: the broker keeps the subscriptions while the agent is
+        away, so they hold from the moment it is back (a receipt sent before it has
+        subscribed again still reaches it). Receipts themselves (QoS 0) are not kept."""
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._settings.session_expiry_s
         return {
@@ -456,7 +459,7 @@ class Publisher:
             kind = TopicKind(held.topic.rsplit("/", 1)[-1])
             message = MESSAGE_MODELS[kind].model_validate_json(held.payload)
             payload = restamped(message, true_s).model_dump_json().encode()
-            stored = self.outbox.release(held.id, payload)
+            stored = self.outbox.release(held.id, payload, dated=true_s)
             if stored is not None:
                 released += 1
                 self._send(stored.id, stored.topic, stored.payload, stored.retain)
@@ -595,7 +598,7 @@ class Publisher:
             probes = [self._probes.pop(i) for i in receipt.stored if i in self._probes]
         for sent in probes:
             self._time.heard(stored_at, sent)
-        confirmed = self.outbox.confirm(receipt.stored, stored_at)
+        confirmed = self.outbox.confirm(receipt.stored, stored_at, sent_past=bool(probes))
         final = [r for r in receipt.refused if r.reason != RejectReason.RATE_LIMITED.value]
         if final:
             self.outbox.refuse((r.message_id, r.reason, r.detail) for r in final)

@@ -51,7 +51,9 @@ class AgentMqttSettings(BrokerSettings):
     # capabilities_topic; "on" always waits for a receipt; "off" trusts the PUBACK.
     receipts: Literal["auto", "on", "off"] = "auto"
     capabilities_topic: str = DEFAULT_CAPABILITIES_TOPIC
-    # How long the broker keeps this agent's session (its receipts) while it is away.
+    # How long the broker keeps this agent's session (its subscriptions) while it is
+    # away. Not the receipts sent meanwhile: they come at QoS 0, and are lost; the
+    # messages they named are sent again.
     session_expiry_s: int = Field(default=7 * 86_400, ge=0, le=2**32 - 1)
     # The account `doctor` connects with (same password): the broker binds each
     # account to one session, so the doctor must not use the agent's own.

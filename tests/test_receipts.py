@@ -182,6 +182,7 @@ def test_an_unknown_school_hears_that_it_is_unknown(
     database: Influx,
     topic_root: str,
     school_id: str,
+    agent_env: dict[str, str],
     tmp_path: Path,
     publishers: list[Publisher],
 ) -> None:
@@ -193,7 +194,9 @@ def test_an_unknown_school_hears_that_it_is_unknown(
     )
     start_collector(process)
     try:
-        outbox = Outbox(tmp_path / "outbox.db")
+        state_dir = Path(agent_env["SCHOOL_AGENT_STATE_DIR"])
+        state_dir.mkdir(parents=True)
+        outbox = Outbox(state_dir / "outbox.db")
         publisher = _publisher(publishers, broker, outbox, topic_root, school_id)
         wait_for(lambda: publisher.receipts, what="the collector's announcement")
         publisher.publish(_reports(school_id, 1)[0], TopicKind.SPEED)
@@ -202,6 +205,21 @@ def test_an_unknown_school_hears_that_it_is_unknown(
         assert _stored_ids(database, school_id) == []
     finally:
         process.stop()
+
+    # Nothing of this school was stored: the receipt that refused it must not say so.
+    status = publisher.status(AgentState.ONLINE, StatusReason.HEARTBEAT, host_health())
+    assert status.rejections is not None
+    assert status.rejections.by_reason == {"unknown_school": 1}
+    assert status.rejections.last_reason == "unknown_school"
+    assert status.last_stored_at is None
+
+    doctor = run_agent("doctor", env=agent_env)
+    line = next(x for x in doctor.stdout.splitlines() if "delivery" in x)
+    assert line.startswith("WARN")
+    assert "1 message(s) refused" in line
+    assert "unknown_school" in line
+    assert "the ministry's registry" in line  # what to do
+    assert "last stored centrally" not in line
 
 
 def test_collectors_that_send_no_receipts_leave_the_puback_the_last_word(
