@@ -190,6 +190,25 @@ class SpeedServer(_Strict):
     url: Annotated[str, StringConstraints(max_length=500)]
 
 
+class SpeedMethodName(StrEnum):
+    """How a test's figures were made (agent/README "How a speed test measures")."""
+
+    CONFIDENCE = "confidence"  # stopped when the rate's confidence interval is within 2 %
+    STABLE = "stable"  # stopped when two halves of a stretch agree (before December 2026)
+    SPEEDTEST_CLI = "speedtest-cli"  # all bytes over all the time
+
+
+class SpeedMethod(_Strict):
+    """What a test used, so figures from different methods can be told apart."""
+
+    name: SpeedMethodName
+    # The agent's own sockets: it sends uploads, so this governs them. None: unknown.
+    congestion_control: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,15}$")] | None = (
+        None
+    )
+    connections: Annotated[int, Field(ge=1, le=64)] | None = None
+
+
 class SpeedMeasurement(_Strict):
     """One speed test: figures on success, ``result``/``result_code`` always."""
 
@@ -206,6 +225,7 @@ class SpeedMeasurement(_Strict):
     duration_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
     server: SpeedServer | None = None
     error: Annotated[str, StringConstraints(max_length=500)] | None = None
+    method: SpeedMethod | None = None  # absent from agents older than December 2026
 
     @model_validator(mode="after")
     def _figures_match_result(self) -> Self:
@@ -242,6 +262,7 @@ class SpeedMeasurement(_Strict):
         duration_s: float = 0.0,
         bytes_received: int = 0,
         bytes_sent: int = 0,
+        method: SpeedMethod | None = None,
     ) -> SpeedMeasurement:
         return cls(
             result=result,
@@ -252,6 +273,7 @@ class SpeedMeasurement(_Strict):
             bytes_received=bytes_received,
             bytes_sent=bytes_sent,
             error=error[:500],
+            method=method,
         )
 
 

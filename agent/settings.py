@@ -76,7 +76,8 @@ class SpeedtestSettings(BaseModel):
     server_ids: list[int] = Field(default_factory=list)
     exclude_server_ids: list[int] = Field(default_factory=list)
     threshold_mbps: float = Field(default=20.0, gt=0, le=100_000)
-    method: Literal["stable", "speedtest-cli"] = "stable"
+    method: Literal["confidence", "stable", "speedtest-cli"] = "confidence"
+    congestion_control: str = Field(default="bbr", pattern=r"^[a-z0-9_]{1,15}$")
     connections: int | None = Field(default=None, ge=1, le=32)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     monthly_budget_mb: float | None = Field(default=None, gt=0)

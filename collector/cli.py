@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911, PLR0912 - one 
     args = build_parser().parse_args(argv)
     if args.command == "speed-server":
         setup_logging(args.log_level or "INFO")
-        return speed_server.serve(args.host, args.port)
+        return speed_server.serve(args.host, args.port, args.congestion_control)
     if args.command == "provision":
         return _provision(args)
     if args.command == "alert-routing":

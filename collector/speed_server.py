@@ -7,6 +7,10 @@
 
 Run it with ``school-collector speed-server --port 8080``. The README shows
 the same thing served by nginx, for a ministry that hosts its own.
+
+Downloads are sent by the server, so the server's TCP congestion control
+decides how soon a download reaches a long link's rate: it asks for BBR on its
+listening socket (accepted connections inherit it), see agent/speed/congestion.py.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from agent.speed import congestion
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +126,16 @@ class SpeedServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, congestion_control: str | None = "bbr"
+    ) -> None:
+        self._congestion_control = congestion_control
+        self.congestion: str | None = None  # in force for every connection it accepts
         super().__init__((host, port), SpeedRequestHandler)
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        self.congestion = congestion.choose(self.socket, self._congestion_control)
 
     @property
     def url(self) -> str:
@@ -139,15 +153,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    parser.add_argument(
+        "--congestion-control",
+        default="bbr",
+        metavar="NAME",
+        help="TCP congestion control for downloads (default: bbr; 'system' keeps the "
+        "system's default); where refused, the system's default is used and named",
+    )
 
 
-def serve(host: str, port: int) -> int:
+def serve(host: str, port: int, congestion_control: str = "bbr") -> int:
+    wanted = None if congestion_control == "system" else congestion_control
     try:
-        server = SpeedServer(host, port)
+        server = SpeedServer(host, port, wanted)
     except OSError as exc:
         print(f"speed-server: cannot listen on {host}:{port}: {exc.strerror}; pick another --port")  # noqa: T201
         return 2
-    print(f"speed server listening on {server.url} (Ctrl-C to stop)", flush=True)  # noqa: T201
+    used = server.congestion or "unknown"
+    if wanted and server.congestion != wanted:
+        print(  # noqa: T201
+            f"speed-server: congestion control {wanted} refused, downloads use {used}: "
+            f"load it (modprobe tcp_{wanted}) or choose another with --congestion-control",
+            flush=True,
+        )
+    print(  # noqa: T201
+        f"speed server listening on {server.url} (congestion control {used}; Ctrl-C to stop)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -163,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return serve(args.host, args.port)
+    return serve(args.host, args.port, args.congestion_control)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,12 @@ def test_install_upgrade_and_uninstall(root: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stderr[-2000:]
+    bbr = root / "etc" / "sysctl.d" / "60-school-agent-bbr.conf"
+    listed = bbr.read_text().split("tcp_allowed_congestion_control =")[1].split()
+    allowed = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control").read_text().split()
+    assert set(listed) == {*allowed, "bbr"}, "bbr added, what the system allowed kept"
+    module = root / "etc" / "modules-load.d" / "school-agent-bbr.conf"
+    assert "tcp_bbr" in module.read_text().splitlines()
 
     (state / "outbox.db").write_text("queued measurements")
     config.write_text(BUNDLE_TOML + "# edited by the school's IT person\n")
@@ -94,6 +100,8 @@ def test_install_upgrade_and_uninstall(root: Path, tmp_path: Path) -> None:
     assert not (root / "opt" / "school-agent").exists()
     assert not unit.exists()
     assert not link.is_symlink()
+    assert not bbr.exists()
+    assert not module.exists()
     assert config.exists()  # the credentials stay
     assert (state / "outbox.db").exists()  # and the data
 

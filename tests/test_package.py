@@ -131,6 +131,8 @@ def test_install_upgrade_remove_and_purge_offline_in_debian_12(
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stderr[-2000:]
+    bbr = debian.root / "etc" / "sysctl.d" / "60-school-agent-bbr.conf"
+    assert "bbr" in bbr.read_text().split("tcp_allowed_congestion_control =")[1].split()
 
     bundle = debian.root / "tmp" / "bundle"
     bundle.mkdir()
@@ -152,6 +154,7 @@ def test_install_upgrade_remove_and_purge_offline_in_debian_12(
     _apt(debian, "remove", "school-agent")
     assert not (debian.root / "opt" / "school-agent").exists()
     assert not (debian.root / "usr" / "bin" / "school-agent").is_symlink()
+    assert not bbr.exists()
     assert config.exists()  # the credentials stay
     assert (state / "outbox.db").exists()  # and the data
 

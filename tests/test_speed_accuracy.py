@@ -8,14 +8,19 @@ shares two cores with everything else.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.bench.speed_accuracy import IPERF_PORT, SPEED_PORT, run_agent, run_reference
-from tests.support.services import REPO
-from tests.support.shaped_link import SERVER_IP, LinkShape, ShapedLink
+from tests.bench.speed_accuracy import (
+    BBR_SPEED_PORT,
+    IPERF_PORT,
+    SPEED_PORT,
+    run_agent,
+    run_reference,
+    speed_server,
+)
+from tests.support.shaped_link import LinkShape, ShapedLink
 
 TOLERANCE = 0.15
 
@@ -29,16 +34,11 @@ def link() -> Iterator[ShapedLink]:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             ),
-            built.popen_in_server(
-                [sys.executable, "-m", "collector", "speed-server", "--host", SERVER_IP,
-                 "--port", str(SPEED_PORT)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=str(REPO),
-            ),
-        ]  # fmt: skip
-        built.wait_for_server_port(IPERF_PORT)
-        built.wait_for_server_port(SPEED_PORT)
+            speed_server(built, SPEED_PORT, "system"),
+            speed_server(built, BBR_SPEED_PORT, "bbr"),
+        ]
+        for port in (IPERF_PORT, SPEED_PORT, BBR_SPEED_PORT):
+            built.wait_for_server_port(port)
         yield built
         for server in servers:
             server.kill()
@@ -51,10 +51,17 @@ def test_the_emulated_link_has_the_round_trip_asked_for(link: ShapedLink) -> Non
 
 
 def test_agent_measures_20_mbps_at_80_ms_like_the_reference(link: ShapedLink) -> None:
-    reference = {d: run_reference(link, d) for d in ("download", "upload")}
-    measured = run_agent(link, "stable")
+    reference = {d: run_reference(link, d, "cubic") for d in ("download", "upload")}
+    measured = run_agent(link, "confidence")
 
     assert measured["result"] == "success", measured.get("error")
+    # The result names how it was made: the rule, BBR on the agent's sockets (root may
+    # choose any algorithm the kernel has), and the connections for an 80 ms link.
+    assert measured["method"] == {
+        "name": "confidence",
+        "congestion_control": "bbr",
+        "connections": 16,
+    }
     for direction in ("download", "upload"):
         ratio = measured[f"{direction}_mbps"] / reference[direction]
         assert abs(ratio - 1) <= TOLERANCE, (direction, measured, reference)

@@ -121,6 +121,22 @@ def slow_link() -> Iterator[ShapedLink]:
         server.wait()
 
 
+def _cut_once_downloading(link: ShapedLink) -> None:
+    """Take the link down once the download's connections are open (the latency probe has one)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["ip", "netns", "exec", link.server_ns, "ss", "-Htn", "state", "established",
+             "( sport = :8080 )"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        if len(listed.splitlines()) >= 4:
+            time.sleep(0.2)  # data is flowing; the download lasts 1.2 s at least (6 batches)
+            break
+        time.sleep(0.05)
+    link.cut()
+
+
 def test_a_link_lost_mid_test_is_interrupted_not_a_hang(slow_link: ShapedLink) -> None:
     agent = slow_link.popen_in_client(
         [sys.executable, "-m", "agent", "speedtest", "--json"],
@@ -131,7 +147,7 @@ def test_a_link_lost_mid_test_is_interrupted_not_a_hang(slow_link: ShapedLink) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    cut = threading.Timer(3.0, slow_link.cut)  # in the middle of the download
+    cut = threading.Thread(target=_cut_once_downloading, args=(slow_link,))
     cut.start()
     started = time.monotonic()
     out, err = agent.communicate(timeout=120)

@@ -4,10 +4,16 @@ speedtest-cli finds the server (Ookla's selection, or a self-hosted mini
 server); latency and jitter are measured against it; then each direction is
 measured by the configured method:
 
-- ``stable`` (default): persistent connections, warm-up discarded, stopped
-  once the rate is stable (transfer.py, stable_rate.py);
+- ``confidence`` (default): persistent connections with the agent's own
+  sockets on ``speedtest.congestion_control`` (BBR), warm-up discarded,
+  stopped once the rate is known to ±2 % (transfer.py, confident_rate.py);
+- ``stable``: the same connections, stopped once two halves of a long stretch
+  agree (stable_rate.py); the default before December 2026, kept to compare;
 - ``speedtest-cli``: speedtest-cli's own download() and upload(), all bytes
   over all the time, kept to compare with the figures of earlier tools.
+
+Every result names its method (``method`` in the contract): the rule, the
+congestion control the agent's sockets used, and the connections.
 
 A failed test is data: it comes back with a ``result`` and ``result_code``
 and no figures, never as an exception.
@@ -29,15 +35,20 @@ from agent.contract import (
     SPEED_RESULT_CODES,
     ServerKind,
     SpeedMeasurement,
+    SpeedMethod,
+    SpeedMethodName,
     SpeedResult,
     SpeedServer,
 )
 from agent.settings import SpeedtestSettings
+from agent.speed import congestion
+from agent.speed.confident_rate import ConfidentRate
 from agent.speed.endpoint import Endpoint, SpeedTestFailed, classify
 from agent.speed.latency import Latency, measure_latency
 from agent.speed.progress import Progress, SilentProgress
 from agent.speed.self_hosted import SelfHostedSpeedtest
-from agent.speed.transfer import Direction, choose_connections, transfer
+from agent.speed.stable_rate import StableRate
+from agent.speed.transfer import Direction, StoppingRule, choose_connections, transfer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,7 @@ class _Figures:
     upload_bps: float
     bytes_received: int
     bytes_sent: int
+    method: SpeedMethod
 
 
 class StopFlag:
@@ -87,6 +99,7 @@ class SpeedTester:
     def __init__(self, settings: SpeedtestSettings) -> None:
         self._settings = settings
         self.stop = StopFlag()
+        self._method = SpeedMethod(name=SpeedMethodName(settings.method))  # filled in by a test
 
     def measure(
         self, progress: Progress | None = None, *, max_bytes: int | None = None
@@ -94,6 +107,7 @@ class SpeedTester:
         """One test; ``max_bytes`` caps the data both directions together may use."""
         progress = progress or SilentProgress()
         started = time.monotonic()
+        self._method = SpeedMethod(name=SpeedMethodName(self._settings.method))
         candidates = self._self_hosted_candidates()
         server = candidates[0] if candidates else None  # named in a failure before the choice
         moved = [0, 0]
@@ -196,6 +210,18 @@ class SpeedTester:
             raise failures[0]
         return min(answered, key=lambda pair: pair[0])[1]
 
+    def _rule(self, rtt_s: float) -> StoppingRule:
+        if self._settings.method == "stable":
+            return StableRate(rtt_s)
+        return ConfidentRate(rtt_s)
+
+    def _congestion_control(self) -> str | None:
+        """What to ask for on the test's sockets: ``stable`` keeps the system's, as it did."""
+        wanted = self._settings.congestion_control
+        if self._settings.method == "stable" or wanted == "system":
+            return None
+        return wanted
+
     def _transfer(
         self,
         tester: Any,
@@ -209,7 +235,9 @@ class SpeedTester:
         if self._settings.method == "speedtest-cli":
             return self._transfer_speedtest_cli(tester, progress, moved)
         connections = self._settings.connections or choose_connections(latency.rtt_s)
+        wanted = self._congestion_control()
         rates = []
+        used: str | None = None
         for index, direction in enumerate((Direction.DOWNLOAD, Direction.UPLOAD)):
             progress.phase(direction.value.capitalize())
             cap = None  # a budget is shared: half for the download, the rest for the upload
@@ -229,12 +257,28 @@ class SpeedTester:
                 progress=progress,
                 max_bytes=cap,
                 on_moved=record,
+                rule=self._rule(latency.rtt_s),
+                congestion_control=wanted,
             )
+            if direction is Direction.UPLOAD:  # the agent's sockets send only the upload
+                used = result.congestion
             if result.bytes_moved == 0:
                 raise SpeedTestFailed(SpeedResult.NO_DATA, f"no {direction.value} data moved")
             rates.append(result.verdict.mbps * 1e6)
             progress.figure(direction.value.capitalize(), f"{result.verdict.mbps:.2f} Mbps")
-        return _Figures(rates[0], rates[1], moved[0], moved[1])
+        if wanted and used != wanted:
+            log.info(
+                "congestion control %s refused on this system, the upload used %s: add it to "
+                "net.ipv4.tcp_allowed_congestion_control (the agent's package does)",
+                wanted,
+                used or "the default",
+            )
+        self._method = SpeedMethod(
+            name=SpeedMethodName(self._settings.method),
+            congestion_control=used,
+            connections=connections,
+        )
+        return _Figures(rates[0], rates[1], moved[0], moved[1], self._method)
 
     def _transfer_speedtest_cli(
         self, tester: Any, progress: Progress, moved: list[int]
@@ -253,7 +297,11 @@ class SpeedTester:
         progress.figure("Upload", f"{upload_bps / 1e6:.2f} Mbps")
         if self.stop.isSet():
             raise SpeedTestFailed(SpeedResult.CANCELLED, "speed test cancelled")
-        return _Figures(download_bps, upload_bps, moved[0], moved[1])
+        # speedtest-cli opens its own sockets: they use the system's default.
+        self._method = SpeedMethod(
+            name=SpeedMethodName.SPEEDTEST_CLI, congestion_control=congestion.system_default()
+        )
+        return _Figures(download_bps, upload_bps, moved[0], moved[1], self._method)
 
     def _success(
         self, server: SpeedServer, latency: Latency, figures: _Figures, started: float
@@ -273,6 +321,7 @@ class SpeedTester:
             bytes_sent=figures.bytes_sent,
             duration_s=round(time.monotonic() - started, 3),
             server=server,
+            method=figures.method,
         )
 
     def _failed(
@@ -292,6 +341,7 @@ class SpeedTester:
             duration_s=round(time.monotonic() - started, 3),
             bytes_received=moved[0],
             bytes_sent=moved[1],
+            method=self._method,
         )
 
 

@@ -19,8 +19,9 @@ halves the figure. Here the transfer is sampled every 100 ms and judged on a
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
+
+from agent.speed.byte_series import ByteSeries
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ def plan_durations(rtt_s: float) -> tuple[float, float]:
 
 
 class StableRate:
+    counts_delivered = False  # bytes read or acknowledged in order, as before December 2026
+
     def __init__(
         self,
         rtt_s: float,
@@ -58,26 +61,22 @@ class StableRate:
         self.tolerance = tolerance
         self.min_stable_s = min_stable_s if min_stable_s is not None else planned_stable
         self.max_duration_s = max_duration_s if max_duration_s is not None else planned_max
-        self._times: list[float] = [0.0]
-        self._bytes: list[int] = [0]
+        self._series = ByteSeries()
         self._start: float | None = None  # start of the stretch under judgement
 
     @property
     def total_bytes(self) -> int:
-        return self._bytes[-1]
+        return self._series.total_bytes
 
     @property
     def elapsed(self) -> float:
-        return self._times[-1]
+        return self._series.elapsed
 
     def add(self, at_s: float, total_bytes: int) -> None:
         """Record that ``total_bytes`` had moved ``at_s`` seconds after the start."""
-        if at_s <= self._times[-1]:
-            return
-        self._times.append(at_s)
-        self._bytes.append(total_bytes)
-        if self._start is None and total_bytes > 0:
-            self._start = self._times[-2]  # the stretch starts with the first bytes
+        self._series.add(at_s, total_bytes)
+        if self._start is None:
+            self._start = self._series.first_bytes_at  # the stretch starts with the first bytes
 
     def verdict(self) -> StableRateVerdict | None:
         """The rate once it is stable, or None while the test should go on."""
@@ -118,19 +117,4 @@ class StableRate:
         )
 
     def _rate(self, start: float, end: float) -> float:
-        """Bytes per second between two moments, interpolating between samples."""
-        if end <= start:
-            return 0.0
-        return (self._bytes_at(end) - self._bytes_at(start)) / (end - start)
-
-    def _bytes_at(self, moment: float) -> float:
-        i = bisect.bisect_left(self._times, moment)
-        if i < len(self._times) and self._times[i] == moment:
-            return float(self._bytes[i])
-        if i == 0:
-            return float(self._bytes[0])
-        if i >= len(self._times):
-            return float(self._bytes[-1])
-        t0, t1 = self._times[i - 1], self._times[i]
-        b0, b1 = self._bytes[i - 1], self._bytes[i]
-        return b0 + (b1 - b0) * (moment - t0) / (t1 - t0)
+        return self._series.rate(start, end)

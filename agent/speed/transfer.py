@@ -7,6 +7,16 @@ Downloads count the bytes read; uploads count the bytes the server's TCP
 acknowledged (``tcpi_bytes_acked``), not the bytes handed to the kernel,
 which would run ahead by a socket buffer. :class:`StableRate` decides when
 the rate is stable.
+
+Those counts stall on a lossy link: a lost segment holds back everything
+behind it on its connection for a round trip (1.2 s on a satellite link with
+its retransmission), then it all arrives at once. The link itself went on
+carrying the other segments. For a rule that judges how steady the rate is
+(``ConfidentRate``), the streams also count *segments the link delivered*,
+from the kernel: data segments received (``tcpi_data_segs_in``) for a
+download, data segments the peer acknowledged or selectively acknowledged
+(``tcpi_delivered``) for an upload, each times the segment size. The bytes a
+test reports as moved (and the data budget) stay the application's count.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from agent.contract import SpeedResult
+from agent.speed import congestion
 from agent.speed.endpoint import Endpoint, SpeedTestFailed, classify
 from agent.speed.progress import Progress
 from agent.speed.stable_rate import StableRate, StableRateVerdict
@@ -31,7 +42,13 @@ from agent.speed.stable_rate import StableRate, StableRateVerdict
 SAMPLE_EVERY_S = 0.1
 UPLOAD_BODY_BYTES = 4 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
-_TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info (Linux 4.1+)
+# Offsets in Linux's struct tcp_info (include/uapi/linux/tcp.h).
+_TCP_INFO_SND_MSS = 16
+_TCP_INFO_RCV_MSS = 20
+_TCP_INFO_BYTES_ACKED = 120  # u64, Linux 4.1+
+_TCP_INFO_DATA_SEGS_IN = 152  # u32, Linux 4.6+
+_TCP_INFO_DELIVERED = 192  # u32, Linux 4.18+
+_TCP_INFO_LENGTH = 256
 # A stream's own socket timeout only guards against a dead peer: one 4 MB upload
 # on a slow share of a link may take longer than the test's timeout to be answered.
 # Stalls are caught for the transfer as a whole (nothing moved for timeout_s).
@@ -47,12 +64,25 @@ class StopSignal(Protocol):
     def isSet(self) -> bool: ...  # noqa: N802 - speedtest-cli's spelling, shared with it
 
 
+class StoppingRule(Protocol):
+    """Decides, from the bytes moved so far, when a direction has its figure."""
+
+    @property
+    def max_duration_s(self) -> float: ...
+    @property
+    def counts_delivered(self) -> bool: ...  # judge segments delivered, not bytes in order
+    def add(self, at_s: float, total_bytes: int) -> None: ...
+    def verdict(self) -> StableRateVerdict | None: ...
+    def final(self) -> StableRateVerdict: ...
+
+
 @dataclass(frozen=True)
 class TransferResult:
     verdict: StableRateVerdict
     bytes_moved: int
     duration_s: float
     connections: int
+    congestion: str | None  # the algorithm the sending sockets used, where known
 
 
 def choose_connections(rtt_s: float) -> int:
@@ -66,15 +96,60 @@ def choose_connections(rtt_s: float) -> int:
     return 8 if rtt_s < 0.020 else 16
 
 
-def bytes_acked(sock: socket.socket) -> int | None:
-    """What the peer acknowledged on ``sock``, from the kernel; None where unavailable."""
+def _tcp_info(sock: socket.socket, needed: int) -> bytes | None:
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LENGTH)
     except (OSError, AttributeError):
         return None
-    if len(info) < _TCP_INFO_BYTES_ACKED + 8:
+    return info if len(info) >= needed else None
+
+
+def bytes_acked(sock: socket.socket) -> int | None:
+    """What the peer acknowledged on ``sock``, from the kernel; None where unavailable."""
+    info = _tcp_info(sock, _TCP_INFO_BYTES_ACKED + 8)
+    if info is None:
         return None
-    return int(struct.unpack_from("Q", info, _TCP_INFO_BYTES_ACKED)[0])
+    return max(0, int(struct.unpack_from("Q", info, _TCP_INFO_BYTES_ACKED)[0]) - 1)  # the SYN
+
+
+def delivered_in(sock: socket.socket) -> int | None:
+    """Bytes of the data segments that reached ``sock``, in order or not; None where unknown."""
+    info = _tcp_info(sock, _TCP_INFO_DATA_SEGS_IN + 4)
+    if info is None:
+        return None
+    (mss,) = struct.unpack_from("I", info, _TCP_INFO_RCV_MSS)
+    (segments,) = struct.unpack_from("I", info, _TCP_INFO_DATA_SEGS_IN)
+    return int(segments) * int(mss)
+
+
+def delivered_out(sock: socket.socket) -> int | None:
+    """Bytes of the data segments ``sock``'s peer acknowledged or selectively acknowledged."""
+    info = _tcp_info(sock, _TCP_INFO_DELIVERED + 4)
+    if info is None:
+        return None
+    (mss,) = struct.unpack_from("I", info, _TCP_INFO_SND_MSS)
+    (segments,) = struct.unpack_from("I", info, _TCP_INFO_DELIVERED)
+    return int(segments) * int(mss)
+
+
+class _SocketCount:
+    """A per-socket kernel count summed over the sockets one stream used in turn."""
+
+    def __init__(self, read: Callable[[socket.socket], int | None]) -> None:
+        self._read = read
+        self._sock: socket.socket | None = None  # the socket last read
+        self._banked = 0  # final counts of earlier sockets
+        self._current = 0  # the count on _sock, as last read
+
+    def update(self, sock: socket.socket | None) -> int:
+        if sock is not self._sock:  # http.client reconnected: bank the old socket's count
+            self._banked += self._current
+            self._sock, self._current = sock, 0
+        if sock is not None:
+            value = self._read(sock)
+            if value is not None:
+                self._current = value
+        return self._banked + self._current
 
 
 class Allowance:
@@ -111,37 +186,47 @@ class _Stream(threading.Thread):
     """One persistent connection moving data in one direction until stopped."""
 
     def __init__(
-        self, endpoint: Endpoint, direction: Direction, allowance: Allowance, body: memoryview
+        self,
+        endpoint: Endpoint,
+        direction: Direction,
+        allowance: Allowance,
+        body: memoryview,
+        congestion_control: str | None = None,
     ) -> None:
         super().__init__(daemon=True, name=f"speed-{direction.value}")
         self._body = body
+        self._congestion_control = congestion_control
+        self.congestion: str | None = None  # in force on this stream's socket
         self._endpoint = endpoint
         self._direction = direction
         self._allowance = allowance
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._connection: http.client.HTTPConnection | None = None
-        self._done = 0  # downloads: bytes read; uploads: acknowledged on earlier sockets
-        self._sock: socket.socket | None = None  # the upload socket last read
-        self._acked = 0  # what the peer acknowledged on it, as last read
+        self._done = 0  # downloads: bytes read
+        self._acked = _SocketCount(bytes_acked)  # uploads
+        upload = direction is Direction.UPLOAD
+        self._delivered = _SocketCount(delivered_out if upload else delivered_in)
         self.error: SpeedTestFailed | None = None
 
+    def _socket(self) -> socket.socket | None:
+        return self._connection.sock if self._connection else None
+
     def moved(self) -> int:
+        """Bytes read (download) or acknowledged in order (upload)."""
         if self._direction is Direction.DOWNLOAD:
             return self._done
         with self._lock:
-            sock = self._connection.sock if self._connection else None
-            if sock is not self._sock:  # http.client reconnected: bank the old socket's count
-                self._done += self._acked
-                self._sock, self._acked = sock, 0
-            if sock is not None:
-                current = bytes_acked(sock)
-                if current is not None:
-                    self._acked = max(0, current - 1)  # the SYN counts one byte
-            return self._done + self._acked
+            return self._acked.update(self._socket())
+
+    def delivered(self) -> int:
+        """Bytes of the segments the link delivered, whatever their order (see the module)."""
+        with self._lock:
+            return self._delivered.update(self._socket())
 
     def stop(self) -> None:
-        self.moved()  # the last count, before the socket goes away
+        self.moved()  # the last counts, before the socket goes away
+        self.delivered()
         self._stopped.set()
         with self._lock:
             sock = self._connection.sock if self._connection else None
@@ -154,6 +239,8 @@ class _Stream(threading.Thread):
         try:
             connection = self._endpoint.connection(STREAM_SOCKET_TIMEOUT_S)
             connection.connect()
+            if connection.sock is not None:  # the agent sends uploads: its choice governs them
+                self.congestion = congestion.choose(connection.sock, self._congestion_control)
             with self._lock:
                 self._connection = connection
             while not self._stopped.is_set() and not self._allowance.spent:
@@ -168,7 +255,8 @@ class _Stream(threading.Thread):
             if not self._stopped.is_set():
                 self.error = classify(exc, doing)
         finally:
-            self.moved()  # the last count, before the socket closes
+            self.moved()  # the last counts, before the socket closes
+            self.delivered()
             with self._lock:
                 if self._connection is not None:
                     self._connection.close()
@@ -224,18 +312,27 @@ def transfer(
     progress: Progress,
     max_bytes: int | None = None,
     on_moved: Callable[[int], None] | None = None,
+    rule: StoppingRule | None = None,
+    congestion_control: str | None = None,
+    on_sample: Callable[[float, int, int], None] | None = None,
 ) -> TransferResult:
-    """Move data until the rate is stable, time is up, or ``max_bytes`` moved; or fail.
+    """Move data until ``rule`` has its figure, time is up, or ``max_bytes`` moved; or fail.
 
+    ``rule`` defaults to :class:`StableRate`. ``congestion_control`` is asked for
+    on every socket (uploads: the agent sends); the result names what was used.
     ``on_moved`` learns the bytes moved even when the transfer fails, so that a
     failed test still reports (and the data budget still counts) what it used.
+    ``on_sample`` sees every sample: seconds, bytes moved, bytes delivered.
     """
-    rate = StableRate(rtt_s)
+    rate = rule if rule is not None else StableRate(rtt_s)
     allowance = Allowance(max_bytes)
     # Random, so that no compression on the path inflates the upload; made per test
     # and shared by the streams, so that an idle agent does not hold it.
     body = memoryview(os.urandom(UPLOAD_BODY_BYTES if direction is Direction.UPLOAD else 0))
-    streams = [_Stream(endpoint, direction, allowance, body) for _ in range(connections)]
+    streams = [
+        _Stream(endpoint, direction, allowance, body, congestion_control)
+        for _ in range(connections)
+    ]
     started = time.monotonic()
     for stream in streams:
         stream.start()
@@ -246,7 +343,11 @@ def transfer(
             now = time.monotonic()
             elapsed = now - started
             total = sum(stream.moved() for stream in streams)
-            rate.add(elapsed, total)
+            delivered = sum(stream.delivered() for stream in streams)
+            if on_sample is not None:
+                on_sample(elapsed, total, delivered)
+            # Where the kernel keeps no delivery counts, the rule judges what moved.
+            rate.add(elapsed, delivered if rate.counts_delivered and delivered else total)
             progress.step(
                 elapsed, rate.max_duration_s, f"{total * 8 / max(elapsed, 1e-3) / 1e6:.1f} Mbps"
             )
@@ -268,7 +369,8 @@ def transfer(
         moved = sum(stream.moved() for stream in streams)
         if on_moved is not None:
             on_moved(moved)
-    return TransferResult(verdict, moved, time.monotonic() - started, connections)
+    used = next((s.congestion for s in streams if s.congestion is not None), None)
+    return TransferResult(verdict, moved, time.monotonic() - started, connections, used)
 
 
 def _check_streams(

@@ -8,13 +8,29 @@ namespaces (tests/support/shaped_link.py: tc tbf for the rate both ways, a
 user-space delay line for delay and loss), its round trip is verified, and
 then, in the same run:
 
-- the reference: iperf3, 16 parallel streams, a long bulk transfer with the
-  warm-up omitted (``-O``), download (``-R``) and upload;
+- the reference: iperf3, a long bulk transfer with the warm-up omitted
+  (``-O``), download (``-R``) and upload, twice: cubic with 64 parallel
+  streams and BBR with 16. Each is a transfer the link carried, so the link
+  carries at least the larger, and that is the reference. Each alone reads low
+  somewhere: 16 BBR streams pause together for about a second every 12 s on a
+  600 ms round trip (ProbeRTT), so they read 8 % under the link; cubic backs
+  off on every loss, and on a lossy satellite link even 16 streams read a
+  quarter under it. The link's own goodput (its rate times 1448/1514, the TCP
+  payload of a full frame, less the loss) is printed beside it as a check;
 - the agent, ``school-agent speedtest --json`` against the project's speed
-  server, with each method: ``stable`` (the default) and ``speedtest-cli``.
+  server, with each method: ``confidence`` (the default), ``stable`` (the
+  default before December 2026, with the system's congestion control on both
+  ends, as it ran) and ``speedtest-cli``.
+
+``--system-congestion cubic`` sets both ends' default congestion control, as
+a stock Debian or Raspberry Pi OS has it; by default each namespace keeps this
+machine's (``net.ipv4.tcp_congestion_control``; BBR on the machine the README's
+figures come from). ``confidence`` asks for BBR on its own sockets and its
+speed server on its own, whatever the default.
 
 It prints a row per cell as it goes, then a markdown table (the README's),
-and writes every figure to ``--json`` for the record.
+with each method's data and time and the ratio of ``confidence`` to
+``stable`` per cell, and writes every figure to ``--json`` for the record.
 """
 
 from __future__ import annotations
@@ -35,9 +51,11 @@ sys.path.insert(0, str(REPO / "deploy"))  # localstack, as pytest's pythonpath g
 
 from tests.support.shaped_link import SERVER_IP, LinkShape, ShapedLink  # noqa: E402
 
-SPEED_PORT, IPERF_PORT = 8080, 5201
-REFERENCE_STREAMS = 16
-METHODS = ("stable", "speedtest-cli")
+SPEED_PORT, BBR_SPEED_PORT, IPERF_PORT = 8080, 8081, 5201
+REFERENCES = {"cubic": 64, "bbr": 16}  # congestion control: parallel streams
+METHODS = ("confidence", "stable", "speedtest-cli")
+NEW, TODAY = "confidence", "stable"
+FRAME_PAYLOAD = 1448 / 1514  # TCP payload (timestamps on) of a full Ethernet frame
 
 
 @dataclass
@@ -46,9 +64,25 @@ class Cell:
     rtt_ms: float
     loss: float
     measured_rtt_ms: float = 0.0
-    reference: dict[str, float] = field(default_factory=dict)  # direction -> Mbps
+    reference: dict[str, float] = field(default_factory=dict)  # direction -> Mbps, the larger
+    references: dict[str, dict[str, float]] = field(default_factory=dict)  # cc -> direction
     agent: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> result
     error: str | None = None
+
+    @property
+    def goodput_mbps(self) -> float:
+        """What the shaped link carries as TCP payload."""
+        return self.rate_mbps * FRAME_PAYLOAD * (1 - self.loss)
+
+    def data_mb(self, method: str) -> float | None:
+        result = self.agent.get(method, {})
+        if "bytes_received" not in result:
+            return None
+        return float(result["bytes_received"] + result["bytes_sent"]) / 1e6
+
+    def seconds(self, method: str) -> float | None:
+        value = self.agent.get(method, {}).get("duration_s")
+        return float(value) if isinstance(value, int | float) else None
 
     def ratio(self, method: str, direction: str) -> float | None:
         result = self.agent.get(method, {})
@@ -69,7 +103,7 @@ def reference_durations(shape: LinkShape) -> tuple[int, int]:
     return omit, measured
 
 
-def run_reference(link: ShapedLink, direction: str) -> float:
+def run_reference(link: ShapedLink, direction: str, congestion: str) -> float:
     omit, measured = reference_durations(link.shape)
     argv = [
         "iperf3",
@@ -77,8 +111,10 @@ def run_reference(link: ShapedLink, direction: str) -> float:
         SERVER_IP,
         "-p",
         str(IPERF_PORT),
+        "-C",  # both ends of the test's streams
+        congestion,
         "-P",
-        str(REFERENCE_STREAMS),
+        str(REFERENCES[congestion]),
         "-t",  # iperf3 runs the -O warm-up first, then -t measured seconds
         str(measured),
         "-O",
@@ -93,8 +129,9 @@ def run_reference(link: ShapedLink, direction: str) -> float:
 
 def run_agent(link: ShapedLink, method: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHOOL_")}
+    port = BBR_SPEED_PORT if method == NEW else SPEED_PORT
     env |= {
-        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": f"http://{SERVER_IP}:{SPEED_PORT}",
+        "SCHOOL_AGENT_SPEEDTEST__SERVER_URL": f"http://{SERVER_IP}:{port}",
         "SCHOOL_AGENT_SPEEDTEST__METHOD": method,
         "PYTHONPATH": str(REPO),
     }
@@ -121,38 +158,67 @@ def run_agent(link: ShapedLink, method: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
-def measure_cell(shape: LinkShape, methods: list[str]) -> Cell:
+def speed_server(link: ShapedLink, port: int, congestion: str) -> subprocess.Popen[bytes]:
+    return link.popen_in_server(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "speed-server",
+            "--host",
+            SERVER_IP,
+            "--port",
+            str(port),
+            "--congestion-control",
+            congestion,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=str(REPO),
+    )
+
+
+def set_system_congestion(link: ShapedLink, congestion: str) -> None:
+    for ns in (link.server_ns, link.client_ns):
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                f"net.ipv4.tcp_congestion_control={congestion}",
+            ],
+            check=True,
+        )
+
+
+def measure_cell(shape: LinkShape, methods: list[str], system_congestion: str | None) -> Cell:
     cell = Cell(shape.rate_mbps, shape.rtt_ms, shape.loss)
     with ShapedLink(shape) as link:
         cell.measured_rtt_ms = round(link.measured_rtt_ms or 0.0, 2)
+        if system_congestion:
+            set_system_congestion(link, system_congestion)
         servers = [
             link.popen_in_server(
                 ["iperf3", "-s", "-p", str(IPERF_PORT)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             ),
-            link.popen_in_server(
-                [
-                    sys.executable,
-                    "-m",
-                    "collector",
-                    "speed-server",
-                    "--host",
-                    SERVER_IP,
-                    "--port",
-                    str(SPEED_PORT),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=str(REPO),
-            ),
+            speed_server(link, SPEED_PORT, "system"),  # as it ran before December 2026
+            speed_server(link, BBR_SPEED_PORT, "bbr"),
         ]
         try:
-            link.wait_for_server_port(IPERF_PORT)
-            link.wait_for_server_port(SPEED_PORT)
+            for port in (IPERF_PORT, SPEED_PORT, BBR_SPEED_PORT):
+                link.wait_for_server_port(port)
             time.sleep(0.5)
+            for congestion in REFERENCES:
+                cell.references[congestion] = {
+                    d: round(run_reference(link, d, congestion), 2) for d in ("download", "upload")
+                }
             for direction in ("download", "upload"):
-                cell.reference[direction] = round(run_reference(link, direction), 2)
+                cell.reference[direction] = max(r[direction] for r in cell.references.values())
             for method in methods:
                 cell.agent[method] = run_agent(link, method)
         finally:
@@ -171,25 +237,40 @@ def _figure(result: dict[str, Any], key: str) -> str:
     return f"{value:.1f}" if isinstance(value, float | int) else str(result.get("result", "-"))
 
 
+def _ratio(new: float | None, old: float | None) -> str:
+    return f"{new / old * 100:.0f} %" if new is not None and old else "-"
+
+
 def table(cells: list[Cell], methods: list[str]) -> str:
-    head = ["rate Mbps", "RTT ms (measured)", "loss", "reference down / up"]
+    head = ["rate Mbps", "RTT ms (measured)", "loss", "link goodput", "reference down / up"]
     for method in methods:
         head += [f"{method} down / up", "ratio down / up"]
-    head += ["data MB (stable)", "time s (stable)"]
+    for method in methods:
+        head += [f"data MB ({method})", f"time s ({method})"]
+    compare = NEW in methods and TODAY in methods
+    if compare:
+        head += [f"data {NEW} / {TODAY}", f"time {NEW} / {TODAY}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         row = [f"{c.rate_mbps:g}", f"{c.rtt_ms:g} ({c.measured_rtt_ms:.1f})", f"{c.loss * 100:g} %"]
         if c.error:
             lines.append("| " + " | ".join([*row, f"error: {c.error}"]) + " |")
             continue
+        row.append(f"{c.goodput_mbps:.1f}")
         row.append(f"{c.reference['download']:.1f} / {c.reference['upload']:.1f}")
         for method in methods:
             result = c.agent.get(method, {})
             row.append(f"{_figure(result, 'download_mbps')} / {_figure(result, 'upload_mbps')}")
             row.append(f"{_pct(c.ratio(method, 'download'))} / {_pct(c.ratio(method, 'upload'))}")
-        stable = c.agent.get("stable", {})
-        moved = (stable.get("bytes_received", 0) + stable.get("bytes_sent", 0)) / 1e6
-        row += [f"{moved:.0f}", f"{stable.get('duration_s', 0):.0f}"]
+        for method in methods:
+            data, seconds = c.data_mb(method), c.seconds(method)
+            row += [
+                f"{data:.0f}" if data is not None else "-",
+                f"{seconds:.0f}" if seconds else "-",
+            ]
+        if compare:
+            row.append(_ratio(c.data_mb(NEW), c.data_mb(TODAY)))
+            row.append(_ratio(c.seconds(NEW), c.seconds(TODAY)))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -212,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtts", type=float, nargs="+", default=[2, 80, 600])
     parser.add_argument("--losses", type=float, nargs="+", default=[0, 0.5], help="percent")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--system-congestion",
+        metavar="NAME",
+        help="both ends' default congestion control (e.g. cubic, as stock Debian has it; "
+        "default: this machine's)",
+    )
     parser.add_argument("--json", type=Path, default=Path("speed_accuracy.json"))
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -224,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = LinkShape(rate, rtt, loss / 100)
         print(f"[{number}/{len(grid)}] {shape} ...", end=" ", flush=True)
         try:
-            cell = measure_cell(shape, args.methods)
+            cell = measure_cell(shape, args.methods, args.system_congestion)
         except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others
             cell = Cell(rate, rtt, loss / 100, error=str(exc)[:200])
         cells.append(cell)
@@ -240,7 +327,43 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         good, total = within(cells, method, 0.05)
         print(f"\n{method}: {good} of {total} cells within ±5 % of the reference, both directions")
+    if NEW in args.methods and TODAY in args.methods:
+        print()
+        print(savings(cells))
     return 0
+
+
+def savings(cells: list[Cell]) -> str:
+    """The goals: data and time on 600 ms links, no cell dearer, a satellite school's month."""
+    lines = []
+    long_links = [c for c in cells if c.rtt_ms == 600 and c.rate_mbps <= 100 and not c.error]
+    for what, get in (("data", Cell.data_mb), ("time", Cell.seconds)):
+        ratios = [new / old for c in long_links if (new := get(c, NEW)) and (old := get(c, TODAY))]
+        if ratios:
+            lines.append(
+                f"{what}, 600 ms cells of 5-100 Mbps: {NEW} uses {min(ratios) * 100:.0f}-"
+                f"{max(ratios) * 100:.0f} % of {TODAY} (goal: at most 40 %)"
+            )
+    dearer = [
+        f"{c.rate_mbps:g} Mbps {c.rtt_ms:g} ms {c.loss * 100:g} %"
+        for c in cells
+        if (new := c.data_mb(NEW)) is not None and (old := c.data_mb(TODAY)) and new > old
+    ]
+    lines.append(f"cells where {NEW} moves more data than {TODAY}: {', '.join(dearer) or 'none'}")
+    for c in long_links:
+        if c.rate_mbps == 20:
+            month = {m: c.data_mb(m) for m in (TODAY, NEW)}
+            if all(month.values()):
+                # three scheduled tests a day, and a fourth on days the PC starts (start-up test)
+                figures = ", ".join(
+                    f"{m} {v * 90 / 1000:.1f}-{v * 120 / 1000:.1f} GB"  # type: ignore[operator]
+                    for m, v in month.items()
+                )
+                lines.append(
+                    f"a 20 Mbps satellite school's month ({c.loss * 100:g} % loss), "
+                    f"3-4 tests a day: {figures}"
+                )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

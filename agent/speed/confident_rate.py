@@ -1,0 +1,160 @@
+"""A transfer's rate, stopped as soon as it is known to within ±2 % with 95 % confidence.
+
+The ``stable`` rule (stable_rate.py) waits for a stretch of 40 round trips
+whose two halves agree: on a 600 ms satellite link that is 24 s a direction
+at least, and often the whole 48 s it allows. Most of that time adds nothing
+to the figure. This rule judges the same 100 ms samples differently:
+
+1. **Only once the rate has stopped changing.** The stretch under judgement
+   starts with the first bytes. While the second half of the stretch is
+   faster than the first by more than ``rise_tolerance`` (3 %), or slower
+   (slow start overshot and is paying it back), the oldest batch is warm-up
+   and is dropped. A rate that still rises or sinks is never reported as
+   stable, however steady its samples look.
+2. **Batch means.** The stretch is cut into ``BATCHES`` (6) equal batches.
+   Throughput samples a round trip apart are not independent (a sawtooth, a
+   pacing cycle), so the interval is built on the batches' mean rates, each
+   at least ``min_batch_s`` long (a round trip, 0.2 s at least): the
+   method of batch means.
+3. **The confidence interval.** The mean rate of the stretch is the bytes
+   moved over its time (which is also the mean of the batch means); its 95 %
+   interval is ``t(0.975, BATCHES-1) * sd(batch means) / sqrt(BATCHES)``. The
+   test stops when that half-width is at most ``precision`` (2 %) of the mean.
+
+A stretch is never shorter than ``BATCHES`` batches, so at least 6 round
+trips on a long link and 1.2 s on a short one. A BBR transfer on a 600 ms
+link, lossy or not, stops 6-9 s after it starts (tests/data/speed_traces).
+A noisy one runs on until its interval is narrow enough, or until its
+settled stretch is as long as the ``stable`` rule requires of its agreeing
+halves (``min_stable_s``: 2 s or 40 round trips), so it never asks more of a
+transfer than that rule did. At ``max_duration_s`` (the same limit) it
+reports the stretch it has.
+
+The samples are what the link delivered (``counts_delivered``, see
+transfer.py), so a lost segment does not make the count stall and leap.
+
+>>> rule = ConfidentRate(rtt_s=0.08)
+>>> for tenth in range(1, 40):
+...     rule.add(tenth / 10, tenth * 125_000)   # a steady 10 Mbps
+>>> round(rule.verdict().mbps, 1)
+10.0
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+
+from agent.speed.byte_series import ByteSeries
+from agent.speed.stable_rate import StableRateVerdict, plan_durations
+
+BATCHES = 6
+T_975 = 2.571  # Student's t, 97.5th percentile, 5 degrees of freedom (BATCHES - 1)
+
+
+class ConfidentRate:
+    counts_delivered = True  # segments delivered: a loss does not stall the count (transfer.py)
+
+    def __init__(
+        self,
+        rtt_s: float,
+        *,
+        precision: float = 0.02,
+        rise_tolerance: float = 0.03,
+        batch_rtts: float = 1.0,
+        max_duration_s: float | None = None,
+    ) -> None:
+        self.precision = precision
+        self.rise_tolerance = rise_tolerance
+        self.min_batch_s = max(0.2, batch_rtts * rtt_s)
+        self.min_stable_s, planned_max = plan_durations(rtt_s)
+        self.max_duration_s = max_duration_s if max_duration_s is not None else planned_max
+        self._series = ByteSeries()
+        self._start: float | None = None  # start of the stretch under judgement
+        self._ramp_end: float | None = None  # where the rate first stopped rising
+        self._ramping = True
+
+    @property
+    def min_stretch_s(self) -> float:
+        return BATCHES * self.min_batch_s
+
+    @property
+    def total_bytes(self) -> int:
+        return self._series.total_bytes
+
+    @property
+    def elapsed(self) -> float:
+        return self._series.elapsed
+
+    def add(self, at_s: float, total_bytes: int) -> None:
+        """Record that ``total_bytes`` had moved ``at_s`` seconds after the start."""
+        self._series.add(at_s, total_bytes)
+        if self._start is None:
+            self._start = self._ramp_end = self._series.first_bytes_at
+
+    def verdict(self) -> StableRateVerdict | None:
+        """The rate once it is known to within ``precision``, or None while the test goes on."""
+        if not self._drop_warmup():
+            return None
+        mean, half_width = self.interval()
+        if mean > 0 and half_width <= self.precision * mean:
+            return self._conclude(stable=True)
+        if self.elapsed - (self._start or 0.0) >= self.min_stable_s:
+            return self._conclude(stable=True)  # the stable rule's own test, passed: no longer
+        return None
+
+    def final(self) -> StableRateVerdict:
+        """The best figure available now (time is up, or the budget is spent).
+
+        The rate never settled: it is the mean of everything since it first
+        stopped rising, the ups and downs included.
+        """
+        if self._start is None or self.elapsed <= self._start:
+            return StableRateVerdict(0.0, stable=False, warmup_s=self.elapsed, measured_s=0.0)
+        self._drop_warmup()
+        self._start = self._ramp_end
+        return self._conclude(stable=False)
+
+    def interval(self) -> tuple[float, float]:
+        """(mean bytes/s of the stretch, half-width of its 95 % interval, bytes/s)."""
+        assert self._start is not None  # noqa: S101 - callers check
+        start, end = self._start, self.elapsed
+        batch = (end - start) / BATCHES
+        edges = [start + i * batch for i in range(BATCHES)] + [end]
+        means = [self._series.rate(a, b) for a, b in itertools.pairwise(edges)]
+        mean = self._series.rate(start, end)
+        return mean, T_975 * statistics.stdev(means) / math.sqrt(BATCHES)
+
+    def _drop_warmup(self) -> bool:
+        """Drop warm-up while the rate changes; True once a long enough, settled stretch remains.
+
+        A stretch has settled when its two halves agree within ``rise_tolerance``.
+        While the second half is faster (a ramp) or slower (slow start's overshoot
+        being paid back), the oldest batch is warm-up and is dropped.
+        """
+        if self._start is None:
+            return False
+        while self.elapsed - self._start >= self.min_stretch_s:
+            middle = (self._start + self.elapsed) / 2
+            first = self._series.rate(self._start, middle)
+            second = self._series.rate(middle, self.elapsed)
+            if first <= 0 or second <= 0:
+                return False  # a stall is no rate: the transfer's timeout judges it
+            rising = second > first * (1 + self.rise_tolerance)
+            self._ramping = self._ramping and rising  # the first fall or settling ends the ramp
+            if abs(second - first) <= self.rise_tolerance * first:
+                return True
+            self._start += self.min_batch_s
+            if self._ramping:
+                self._ramp_end = self._start
+        return False
+
+    def _conclude(self, *, stable: bool) -> StableRateVerdict:
+        assert self._start is not None  # noqa: S101 - callers check
+        return StableRateVerdict(
+            mbps=self._series.rate(self._start, self.elapsed) * 8 / 1e6,
+            stable=stable,
+            warmup_s=self._start,
+            measured_s=self.elapsed - self._start,
+        )
