@@ -106,6 +106,7 @@ def speed_line(report: SpeedReport, place: Place = NOWHERE) -> str:
             "result": report.result.value,
             "server_kind": server.kind.value if server else None,
             "server_id": server.id if server else None,
+            "method": report.method.name.value if report.method else None,
         },
         {
             "result_code": report.result_code,
@@ -121,6 +122,8 @@ def speed_line(report: SpeedReport, place: Place = NOWHERE) -> str:
             "jitter_ms": _float(report.jitter_ms),
             "error": text(report.error) if report.error is not None else None,
             "message_id": report.message_id,
+            "congestion_control": report.method.congestion_control if report.method else None,
+            "connections": report.method.connections if report.method else None,
         },
         ns(report.measured_at),
     )

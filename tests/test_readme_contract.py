@@ -34,6 +34,8 @@ from agent.contract import (
     RejectReason,
     ServerKind,
     SpeedMeasurement,
+    SpeedMethod,
+    SpeedMethodName,
     SpeedReport,
     SpeedResult,
     SpeedServer,
@@ -133,6 +135,9 @@ def _sample_messages() -> list[Envelope]:
         bytes_sent=5,
         duration_s=1.0,
         server=server,
+        method=SpeedMethod(
+            name=SpeedMethodName.CONFIDENCE, congestion_control="bbr", connections=8
+        ),
     )
     bad = SpeedMeasurement.failed(SpeedResult.TIMEOUT, "timed out", threshold_mbps=20.0)
     host = HostHealth(

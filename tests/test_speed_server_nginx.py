@@ -13,6 +13,7 @@ from localstack import Process, find, free_port, port_open
 from tests.support.services import REPO, run_agent
 
 RECIPE = REPO / "deploy" / "speed-server"
+ALLOWED = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
 
 
 @pytest.fixture
@@ -68,3 +69,59 @@ def test_agent_measures_against_the_nginx_recipe(nginx_speed_server: str) -> Non
     assert measured["bytes_sent"] > 1_000_000
     assert measured["download_mbps"] > 20
     assert measured["upload_mbps"] > 20
+
+
+def test_the_sysctl_recipe_makes_nginx_send_downloads_with_bbr(tmp_path: Path) -> None:
+    """In a network namespace of its own (its default congestion control is its own)."""
+    nginx = find("nginx")
+    assert nginx, "nginx is installed by deploy/setup.sh --dev"
+    namespace = f"bbr-{tmp_path.name[-8:]}"
+    inside = ["ip", "netns", "exec", namespace]
+    # A namespace may only default to an algorithm the machine allows (global; put back).
+    allowed = ALLOWED.read_text().split()
+    ALLOWED.write_text(" ".join(dict.fromkeys([*allowed, "cubic", "bbr"])))
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        subprocess.run([*inside, "ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(
+            [*inside, "sysctl", "-qw", "net.ipv4.tcp_congestion_control=cubic"], check=True
+        )  # a stock Debian host
+        subprocess.run(
+            [*inside, "sysctl", "-q", "-p", str(RECIPE / "60-speed-server-bbr.conf")], check=True
+        )
+        root = tmp_path / "www"
+        (root / "speedtest").mkdir(parents=True)
+        (root / "speedtest" / "random4000x4000.jpg").write_bytes(b"\0" * 8_000_000)
+        site = (RECIPE / "speedtest.nginx.conf").read_text()
+        site = site.replace("root /var/www/speedtest;", f"root {root};")
+        (tmp_path / "nginx.conf").write_text(
+            f"daemon off; user root; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"
+            f"events {{}}\nhttp {{ client_body_temp_path {tmp_path}/body;\n{site}\n}}\n"
+        )
+        server = subprocess.Popen([*inside, nginx, "-p", str(tmp_path), "-c", "nginx.conf"])
+        try:
+            # A download held half-read: the server's socket is then listed with its algorithm.
+            probe = (
+                "import socket,subprocess,time\n"
+                "for _ in range(100):\n"
+                "    try: c=socket.create_connection(('127.0.0.1',8080)); break\n"
+                "    except OSError: time.sleep(0.1)\n"
+                "c.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,4096)\n"
+                "c.sendall(b'GET /speedtest/random4000x4000.jpg HTTP/1.1\\r\\n'\n"
+                "          b'Host: x\\r\\n\\r\\n')\n"
+                "c.recv(1024); time.sleep(0.5)\n"
+                "print(subprocess.run(['ss','-Htin','state','established','( sport = :8080 )'],"
+                "capture_output=True,text=True).stdout)\n"
+            )
+            listed = subprocess.run(
+                [*inside, "python3", "-c", probe], capture_output=True, text=True, timeout=60,
+                check=True,
+            ).stdout  # fmt: skip
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+        ALLOWED.write_text(" ".join(allowed))
+    assert " bbr " in f" {listed} ", listed
+    assert "cubic" not in listed

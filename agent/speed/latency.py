@@ -58,7 +58,8 @@ def measure_latency(endpoint: Endpoint, *, count: int = 10, timeout_s: float = 1
         raise classify(exc, f"latency probe to {endpoint.directory}") from exc
     finally:
         connection.close()
-    jitter = statistics.fmean(abs(b - a) for a, b in itertools.pairwise(samples))
+    steps = [abs(b - a) for a, b in itertools.pairwise(samples)]
+    jitter = statistics.fmean(steps) if steps else 0.0  # one sample: a reachability probe
     return Latency(
         median_ms=round(statistics.median(samples), 3),
         jitter_ms=round(jitter, 3),

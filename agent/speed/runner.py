@@ -194,11 +194,14 @@ class SpeedTester:
         progress.phase(f"Server {candidates[0].name}" if len(candidates) == 1 else "Servers")
         answered: list[tuple[float, SpeedServer]] = []
         failures: list[SpeedTestFailed] = []
+        # Choosing needs a few samples each; one server only needs to answer once
+        # (each request is a round trip: 0.6 s on a satellite link).
+        count = 3 if len(candidates) > 1 else 1
         for candidate in candidates:
             try:
                 probe = measure_latency(
                     Endpoint(f"{candidate.url}/speedtest/upload.php"),
-                    count=3,
+                    count=count,
                     timeout_s=self._settings.timeout_s,
                 )
             except SpeedTestFailed as failure:

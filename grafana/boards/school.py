@@ -166,9 +166,13 @@ def school() -> Json:
             f"$school: download and upload against the {STANDARD_MBPS} Mbps standard",
             "timeseries",
             [
+                # One series per method: figures from before and after the December 2026
+                # method (agent/README, "How speed is measured") are told apart; an
+                # older agent's points have no method tag: "download_mbps ()".
                 target(
                     'SELECT "download_mbps", "upload_mbps" FROM "speed" WHERE "school_id" =~ '
-                    "/^$school$/ AND \"result\" = 'success' AND $timeFilter"
+                    "/^$school$/ AND \"result\" = 'success' AND $timeFilter GROUP BY \"method\"",
+                    alias="$col ($tag_method)",
                 )
             ],
             (0, 9, 16, 10),
