@@ -22,6 +22,8 @@ from localstack import free_port
 from agent.contract import ServerKind, SpeedResult
 from agent.settings import SpeedtestSettings
 from agent.speed import SpeedTester
+from agent.speed.endpoint import Endpoint
+from agent.speed.latency import MIN_SAMPLES, measure_latency
 from collector.speed_server import SpeedServer
 from tests.support.misbehaving import MisbehavingSpeedServer
 from tests.support.services import REPO, command_env
@@ -203,3 +205,16 @@ def test_among_self_hosted_servers_the_nearest_that_answers_is_used(
 def test_ids_cannot_be_combined_with_self_hosted_servers() -> None:
     with pytest.raises(ValueError, match="Ookla's servers"):
         SpeedtestSettings(server_url="http://x:1", server_ids=[5])
+
+
+def test_latency_on_a_long_link_takes_the_samples_that_fit_in_its_time() -> None:
+    far = MisbehavingSpeedServer("slow")  # every request one 50 ms round trip away
+    endpoint = Endpoint(f"{far.url}/speedtest/upload.php")
+    try:
+        short_link = measure_latency(endpoint)  # 10 requests take 0.5 s: all of them
+        long_link = measure_latency(endpoint, within_s=0.2)  # as 3 s is to a satellite link
+    finally:
+        far.close()
+    assert len(short_link.samples_ms) == 10
+    assert len(long_link.samples_ms) == MIN_SAMPLES
+    assert long_link.median_ms >= 50

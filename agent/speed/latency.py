@@ -4,6 +4,8 @@ One connection is opened first (its handshake is not counted), then
 ``count`` small requests of ``latency.txt`` follow on it, one at a time:
 each takes one round trip. Latency is their median; jitter is the mean
 difference between consecutive samples (as Ookla and RFC 3550 define it).
+On a long link the samples stop after ``within_s`` once there are
+``MIN_SAMPLES``: 10 round trips of a satellite link would take 6 s.
 """
 
 from __future__ import annotations
@@ -29,12 +31,20 @@ class Latency:
         return self.median_ms / 1000
 
 
-def measure_latency(endpoint: Endpoint, *, count: int = 10, timeout_s: float = 10) -> Latency:
+MIN_SAMPLES = 5
+
+
+def measure_latency(
+    endpoint: Endpoint, *, count: int = 10, timeout_s: float = 10, within_s: float = 3.0
+) -> Latency:
     connection = endpoint.connection(timeout_s)
     samples: list[float] = []
     try:
         connection.connect()
+        first = time.monotonic()
         for i in range(count + 1):
+            if len(samples) >= MIN_SAMPLES and time.monotonic() - first >= within_s:
+                break
             started = time.monotonic()
             connection.request("GET", f"{endpoint.latency_path}?x={time.time_ns()}.{i}")
             reply = connection.getresponse()
