@@ -171,7 +171,7 @@ def school() -> Json:
                 # older agent's points have no method tag: "download_mbps ()".
                 target(
                     'SELECT "download_mbps", "upload_mbps" FROM "speed" WHERE "school_id" =~ '
-                    "/^$school$/ AND \"result\" = 'success' AND $timeFilter GROUP BY \"method\"",
+                    '/^$school$/ AND "result" = \'success\' AND $timeFilter GROUP BY "method"',
                     alias="$col ($tag_method)",
                 )
             ],

@@ -224,6 +224,30 @@ def set_system_congestion(link: ShapedLink, congestion: str) -> None:
         )
 
 
+def wait_until_quiet(link: ShapedLink, timeout_s: float = 120) -> None:
+    """Until no connection is left on either end (``ss`` lists none but listeners).
+
+    A closed connection still sends what its socket held: 64 reference streams
+    on a 5 Mbps satellite link leave tens of seconds of it, and the next
+    measurement would share the link with them.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        busy = [
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "ss", "-Htn"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            for ns in (link.server_ns, link.client_ns)
+        ]
+        if not any(busy):
+            return
+        time.sleep(0.5)
+    print("(the link was still busy after 120 s)", end=" ", flush=True)
+
+
 def measure_cell(shape: LinkShape, methods: list[str], system_congestion: str | None) -> Cell:
     cell = Cell(shape.rate_mbps, shape.rtt_ms, shape.loss)
     with ShapedLink(shape) as link:
@@ -244,12 +268,15 @@ def measure_cell(shape: LinkShape, methods: list[str], system_congestion: str | 
                 link.wait_for_server_port(port)
             time.sleep(0.5)
             for congestion in REFERENCES:
-                cell.references[congestion] = {
-                    d: round(run_reference(link, d, congestion), 2) for d in ("download", "upload")
-                }
+                cell.references[congestion] = {}
+                for direction in ("download", "upload"):
+                    wait_until_quiet(link)
+                    mbps = run_reference(link, direction, congestion)
+                    cell.references[congestion][direction] = round(mbps, 2)
             for direction in ("download", "upload"):
                 cell.reference[direction] = max(r[direction] for r in cell.references.values())
             for method in methods:
+                wait_until_quiet(link)
                 cell.agent[method] = run_agent(link, method)
         finally:
             for server in servers:
