@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -44,6 +45,19 @@ class FixedReplyServer(ThreadingHTTPServer):
         self.server_close()
 
 
+def _stop_listening(listener: socket.socket, thread: threading.Thread) -> None:
+    """Close ``listener`` and end the thread accepting on it.
+
+    close() alone does not wake a thread blocked in accept(): it would go on
+    accepting on the descriptor's number, which the next server's socket reuses,
+    and answer that server's clients (a flaky test's cause).
+    """
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    thread.join(timeout=5)
+
+
 class StallingServer:
     """Accepts connections and never says a word."""
 
@@ -66,7 +80,7 @@ class StallingServer:
             self._held.append(connection)
 
     def close(self) -> None:
-        self._listener.close()
+        _stop_listening(self._listener, self._thread)
         for connection in self._held:
             connection.close()
 
@@ -118,7 +132,8 @@ class GarbageServer:
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
 
     @property
     def url(self) -> str:
@@ -134,4 +149,4 @@ class GarbageServer:
                 connection.sendall(b"\x00\x01garbage\xff\r\n\r\n")
 
     def close(self) -> None:
-        self._listener.close()
+        _stop_listening(self._listener, self._thread)
