@@ -66,6 +66,7 @@ from typing import Any
 
 import psutil
 
+from collector.influx import InfluxError
 from tests.bench.ingest import PYTHON, REPO, Bench
 from tests.bench.national_load import MIX, mean_points_per_message
 
@@ -177,6 +178,18 @@ def stored_since(bench: Bench, client_id: str, since_ns: int) -> int:
     return int(rows[0].values[0][1]) if rows and rows[0].values else 0
 
 
+def points_since(bench: Bench, since_ns: int) -> int:
+    """Bench.points_since, tried again: counting millions of points right after a drain,
+    while the collector's state keeper reads them too, can outlast the read timeout."""
+    for _ in range(4):
+        try:
+            return bench.points_since(since_ns)
+        except InfluxError as exc:
+            print(f"  counting the points stored: {exc}; again", file=sys.stderr)
+            time.sleep(5)
+    return bench.points_since(since_ns)
+
+
 @contextlib.contextmanager
 def environment(extra: dict[str, str]) -> Iterator[None]:
     """``extra`` in os.environ for what starts inside (Bench passes os.environ on)."""
@@ -265,7 +278,7 @@ def drain(workdir: Path, backlog: int, options: Options) -> Result:  # noqa: PLR
         # The counter also counts repeats (a message the broker delivered twice): it can
         # reach the backlog before the last real messages are in. Wait for the points.
         settle = time.monotonic() + 60
-        while bench.points_since(since) < sent["points"] and time.monotonic() < settle:
+        while points_since(bench, since) < sent["points"] and time.monotonic() < settle:
             time.sleep(2)
         time.sleep(0.5)
         sampler.stop()
@@ -275,7 +288,7 @@ def drain(workdir: Path, backlog: int, options: Options) -> Result:  # noqa: PLR
             rate = (stored - first[1]) / max(end - first[0], 1e-6)
         end_rss = sampler.last
         bench.stop_collectors()
-        points = bench.points_since(since)
+        points = points_since(bench, since)
         return Result(
             backlog=backlog, sent=sent["sent"], acked=sent["acked"], queue_seconds=queue_seconds,
             messages_per_s=rate, drain_seconds=end - (first[0] if first else end),
@@ -471,6 +484,10 @@ def _sizes(seen: dict[str, Any]) -> dict[str, Any]:
             "book_devices": sum(len(d) for d in list(book._devices.values())),
             "budget": len(the_pipeline._budget),
             "late_marks": len(the_pipeline._late_marks._marked),
+            "letters_in_flight": the_pipeline._letters_in_flight,
+            "dead_lettered": the_pipeline.counters.dead_lettered,
+            "rejected": dict(the_pipeline.counters.rejected),
+            "receipts": the_pipeline.counters.receipts,
         }
     if (keeper := seen.get("keeper")) is not None:
         found |= {"state_schools": len(keeper.state.schools),
