@@ -190,6 +190,21 @@ def points_since(bench: Bench, since_ns: int) -> int:
     return bench.points_since(since_ns)
 
 
+def stop_collectors(bench: Bench, wait_s: float = 300) -> None:
+    """Bench.stop_collectors with a longer wait: right after a large drain the collector's
+    state keeper makes its first read of the raw points (over a minute after 1,400,000
+    messages), and a stopping collector waits for it."""
+    for child in bench.collectors:
+        child.terminate()
+    for child in bench.collectors:
+        try:
+            child.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+    bench.collectors = []
+
+
 @contextlib.contextmanager
 def environment(extra: dict[str, str]) -> Iterator[None]:
     """``extra`` in os.environ for what starts inside (Bench passes os.environ on)."""
@@ -287,7 +302,7 @@ def drain(workdir: Path, backlog: int, options: Options) -> Result:  # noqa: PLR
         else:
             rate = (stored - first[1]) / max(end - first[0], 1e-6)
         end_rss = sampler.last
-        bench.stop_collectors()
+        stop_collectors(bench)
         points = points_since(bench, since)
         return Result(
             backlog=backlog, sent=sent["sent"], acked=sent["acked"], queue_seconds=queue_seconds,
