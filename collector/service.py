@@ -14,7 +14,7 @@ from collector.influx import InfluxError, InfluxWriter, make_history_writer, mak
 from collector.influx.query import InfluxQL
 from collector.pipeline import Pipeline
 from collector.registry import SchoolRegistry
-from collector.registry_store import load_registry
+from collector.registry_store import NewerRegistry
 from collector.rollup import Rollup
 from collector.settings import CollectorSettings
 from collector.state_keeper import StateKeeper
@@ -65,8 +65,7 @@ def run_collector(settings: CollectorSettings) -> int:
         registry = SchoolRegistry.load(settings.registry_file)
         log.info("school registry %s: %d schools", settings.registry_file, len(registry))
     else:
-        reader = InfluxQL(settings.influx)
-        loader = lambda: load_registry(reader)  # noqa: E731 - the newest import, re-read
+        loader = NewerRegistry(InfluxQL(settings.influx))  # a newer import, when there is one
     late = None
     if settings.influx.api == "v1":  # continuous queries are InfluxDB 1.x's
         late = retention.LateHours(retention.Plan.of(settings), InfluxQL(settings.influx))

@@ -98,3 +98,17 @@ def test_numbering_sees_gaps_restarts_and_redeliveries() -> None:
     assert (restart.missing, restart.restarted) == (0, True)
     assert book.remember(_report("KZ-2", 7, BOOT_A)).missing == 0  # first sight: no judgement
     assert [d.device_id for d in book.devices_of("KZ-1")] == ["pb1"]
+
+
+def test_a_report_that_repeats_a_device_keeps_its_entry_and_a_change_replaces_it() -> None:
+    book = DeviceBook()
+    book.remember(_report("KZ-1", 0, BOOT_A, "pb1", "pb2"))
+    (first, _) = book.devices_of("KZ-1")
+    book.remember(_report("KZ-1", 1, BOOT_A, "pb1", "pb2"))
+    assert book.devices_of("KZ-1")[0] is first  # the same: nothing allocated again
+    moved = _report("KZ-1", 2, BOOT_A, "pb1").model_copy(update={"agent_id": "agent-2"})
+    book.remember(moved)  # another agent now watches pb1
+    assert book.devices_of("KZ-1") == [
+        KnownDevice("agent-2", "pb1", "panic_button", "Button pb1"),
+        KnownDevice("agent-1", "pb2", "panic_button", "Button pb2"),
+    ]

@@ -8,7 +8,7 @@ from localstack import Mosquitto, Process
 
 from agent.contract import DeviceKind
 from collector.influx.query import InfluxQL
-from collector.registry_store import load_registry
+from collector.registry_store import NewerRegistry, load_registry
 from collector.settings import InfluxSettings
 from tests.support.publishing import SchoolPublisher
 from tests.support.services import Influx, collector_cli, command_env, wait_for
@@ -75,6 +75,26 @@ def test_the_newest_import_is_the_registry(database: Influx, tmp_path: Path) -> 
     registry = load_registry(InfluxQL(InfluxSettings(url=database.url, database=database.database)))
     assert registry is not None
     assert [school.school_id for school in registry] == ["KZ-ALM-1", "KZ-ALM-2"]
+
+
+def test_the_collector_reads_the_registry_again_only_after_a_newer_import(
+    database: Influx, tmp_path: Path
+) -> None:
+    newer = NewerRegistry(InfluxQL(InfluxSettings(url=database.url, database=database.database)))
+    assert newer() is None  # nothing imported yet
+    path = tmp_path / "schools.csv"
+    path.write_text(GOOD)
+    assert collector_cli(database, "registry", "import", str(path)).returncode == 0
+    first = newer()
+    assert first is not None
+    assert len(first) == 3
+    assert newer() is None  # the same import: not read again
+    path.write_text(GOOD.rsplit("\n", 2)[0] + "\n")
+    assert collector_cli(database, "registry", "import", str(path)).returncode == 0
+    second = newer()
+    assert second is not None
+    assert [school.school_id for school in second] == ["KZ-ALM-1", "KZ-ALM-2"]
+    assert newer() is None
 
 
 def test_the_collector_tags_by_region_and_rejects_unregistered_schools(

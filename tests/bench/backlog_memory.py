@@ -34,6 +34,18 @@ paho and not yet acknowledged (the in-flight window the broker should bound at
 with ``--tracemalloc``, Python's traced memory and its largest sources at the
 peak. The wrapper's own bookkeeping costs some throughput: compare rates
 without ``--probe``.
+
+The probe also records, each second, the pipeline's ``draining()`` flag, the
+sizes of what the collector keeps per school or device (the device book, the
+budget's buckets, the ``stored_late`` marks, the state keeper's schools and
+devices, the late hours), Python's allocated blocks, and when the state keeper
+ticked and the registry was read again. To see what grows between two points
+of a drain, give the collector (``--env``) ``BACKLOG_MEMORY_SNAPSHOTS=100000,400000``
+and ``BACKLOG_MEMORY_SNAPDIR=/some/dir``: at each count of acknowledged messages
+the probe writes there gc's objects by type (``snap-N.json``), pymalloc's arenas
+(``snap-N.pymalloc``; empty of them under tracemalloc) and, with tracemalloc, a
+snapshot to compare (``snap-N.tracemalloc``), and it copies ``probe.jsonl``
+there (the work directory is removed at the end).
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ from typing import Any
 
 import psutil
 
+from collector.influx import InfluxError
 from tests.bench.ingest import PYTHON, REPO, Bench
 from tests.bench.national_load import MIX, mean_points_per_message
 
@@ -165,6 +178,33 @@ def stored_since(bench: Bench, client_id: str, since_ns: int) -> int:
     return int(rows[0].values[0][1]) if rows and rows[0].values else 0
 
 
+def points_since(bench: Bench, since_ns: int) -> int:
+    """Bench.points_since, tried again: counting millions of points right after a drain,
+    while the collector's state keeper reads them too, can outlast the read timeout."""
+    for _ in range(4):
+        try:
+            return bench.points_since(since_ns)
+        except InfluxError as exc:
+            print(f"  counting the points stored: {exc}; again", file=sys.stderr)
+            time.sleep(5)
+    return bench.points_since(since_ns)
+
+
+def stop_collectors(bench: Bench, wait_s: float = 300) -> None:
+    """Bench.stop_collectors with a longer wait: right after a large drain the collector's
+    state keeper makes its first read of the raw points (over a minute after 1,400,000
+    messages), and a stopping collector waits for it."""
+    for child in bench.collectors:
+        child.terminate()
+    for child in bench.collectors:
+        try:
+            child.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+    bench.collectors = []
+
+
 @contextlib.contextmanager
 def environment(extra: dict[str, str]) -> Iterator[None]:
     """``extra`` in os.environ for what starts inside (Bench passes os.environ on)."""
@@ -253,7 +293,7 @@ def drain(workdir: Path, backlog: int, options: Options) -> Result:  # noqa: PLR
         # The counter also counts repeats (a message the broker delivered twice): it can
         # reach the backlog before the last real messages are in. Wait for the points.
         settle = time.monotonic() + 60
-        while bench.points_since(since) < sent["points"] and time.monotonic() < settle:
+        while points_since(bench, since) < sent["points"] and time.monotonic() < settle:
             time.sleep(2)
         time.sleep(0.5)
         sampler.stop()
@@ -262,8 +302,8 @@ def drain(workdir: Path, backlog: int, options: Options) -> Result:  # noqa: PLR
         else:
             rate = (stored - first[1]) / max(end - first[0], 1e-6)
         end_rss = sampler.last
-        bench.stop_collectors()
-        points = bench.points_since(since)
+        stop_collectors(bench)
+        points = points_since(bench, since)
         return Result(
             backlog=backlog, sent=sent["sent"], acked=sent["acked"], queue_seconds=queue_seconds,
             messages_per_s=rate, drain_seconds=end - (first[0] if first else end),
@@ -317,7 +357,7 @@ def run_probed_collector() -> int:
     """``school-collector run`` with a thread that writes the probe's JSON lines."""
     import tracemalloc  # noqa: PLC0415 - only in the probed collector
 
-    from collector import cli, consumer, pipeline  # noqa: PLC0415
+    from collector import cli, consumer, pipeline, retention, state_keeper  # noqa: PLC0415
 
     out = Path(os.environ["BACKLOG_MEMORY_PROBE"])
     seen: dict[str, Any] = {"submitted": 0, "acked": 0}
@@ -345,10 +385,40 @@ def run_probed_collector() -> int:
             seen["acked"] += 1
         original_ack(self, item)
 
+    original_tick = state_keeper.StateKeeper.tick
+    original_keeper_init = state_keeper.StateKeeper.__init__
+    original_late_init = retention.LateHours.__init__
+
+    def tick(self: Any) -> int:
+        seen.setdefault("ticks", []).append((seen["acked"], self._read_from is None))
+        return original_tick(self)
+
+    def keeper_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_keeper_init(self, *args, **kwargs)
+        seen["keeper"] = self
+
+    def late_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_late_init(self, *args, **kwargs)
+        seen["late_hours"] = self
+
+    original_refresh = pipeline.Pipeline._refresh_registry
+
+    def refresh(self: Any) -> None:
+        seen.setdefault("refreshes", []).append(seen["acked"])
+        original_refresh(self)
+
+    pipeline.Pipeline._refresh_registry = refresh  # type: ignore[method-assign]
+    state_keeper.StateKeeper.tick = tick  # type: ignore[method-assign]
+    state_keeper.StateKeeper.__init__ = keeper_init  # type: ignore[method-assign]
+    retention.LateHours.__init__ = late_init  # type: ignore[method-assign]
     pipeline.Pipeline.__init__ = init  # type: ignore[method-assign]
     pipeline.Pipeline.submit = submit  # type: ignore[method-assign]
     consumer.Consumer.ack = ack  # type: ignore[method-assign]
     consumer.Consumer.__init__ = consumer_init  # type: ignore[method-assign]
+
+    marks = sorted(int(n) for n in os.environ.get("BACKLOG_MEMORY_SNAPSHOTS", "").split(",") if n)
+
+    keep = Path(os.environ.get("BACKLOG_MEMORY_SNAPDIR") or out.parent)
 
     def watch() -> None:
         best = 0
@@ -367,7 +437,10 @@ def run_probed_collector() -> int:
                     **_paho_holdings(seen.get("consumer")),
                     "rss_mb": rss_mb(os.getpid())[0],
                     "mallinfo2": _mallinfo2(),
+                    **_sizes(seen),
                 }
+                while marks and seen["acked"] >= marks[0]:
+                    _snapshot(keep / f"snap-{marks.pop(0)}", seen["acked"])
                 if tracemalloc.is_tracing():
                     current, peak = tracemalloc.get_traced_memory()
                     record["traced_mb"] = current / 2**20
@@ -380,9 +453,63 @@ def run_probed_collector() -> int:
                         ]
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
+                if keep != out.parent:
+                    with (keep / "probe.jsonl").open("a") as copy:
+                        copy.write(json.dumps(record) + "\n")
 
     threading.Thread(target=watch, name="probe", daemon=True).start()
     return cli.main(["run"])
+
+
+def _snapshot(stem: Path, acked: int) -> None:
+    """At a message count: gc's objects by type, pymalloc's stats, a tracemalloc dump."""
+    import gc  # noqa: PLC0415 - only in the probed collector
+    import tracemalloc  # noqa: PLC0415
+    from collections import Counter  # noqa: PLC0415
+
+    counts = Counter(type(o).__qualname__ for o in gc.get_objects())
+    sizes: dict[str, Any] = {"acked": acked, "rss_mb": rss_mb(os.getpid())[0],
+                             "types": counts.most_common(60)}  # fmt: skip
+    if tracemalloc.is_tracing():
+        sizes["traced_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
+        tracemalloc.take_snapshot().dump(str(stem) + ".tracemalloc")
+    stem.with_suffix(".json").write_text(json.dumps(sizes))
+    # pymalloc's arenas and pools, written by CPython to fd 2
+    saved = os.dup(2)
+    with Path(str(stem) + ".pymalloc").open("w") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _sizes(seen: dict[str, Any]) -> dict[str, Any]:
+    """The draining flag, the keeper's ticks and the sizes of what grows with schools."""
+    found: dict[str, Any] = {"ticks": list(seen.get("ticks", [])),
+                             "refreshes": list(seen.get("refreshes", [])),
+                             "blocks": sys.getallocatedblocks()}  # fmt: skip
+    if (the_pipeline := seen.get("pipeline")) is not None:
+        book = the_pipeline._points.book
+        found |= {
+            "draining": the_pipeline._backlog,
+            "queued": the_pipeline._queued,
+            "book_schools": len(book._devices),
+            "book_devices": sum(len(d) for d in list(book._devices.values())),
+            "budget": len(the_pipeline._budget),
+            "late_marks": len(the_pipeline._late_marks._marked),
+            "letters_in_flight": the_pipeline._letters_in_flight,
+            "dead_lettered": the_pipeline.counters.dead_lettered,
+            "rejected": dict(the_pipeline.counters.rejected),
+            "receipts": the_pipeline.counters.receipts,
+        }
+    if (keeper := seen.get("keeper")) is not None:
+        found |= {"state_schools": len(keeper.state.schools),
+                  "state_devices": len(keeper.state.devices)}  # fmt: skip
+    if (late := seen.get("late_hours")) is not None:
+        found["late_hours"] = len(late._pending)
+    return found
 
 
 def _paho_holdings(the_consumer: Any) -> dict[str, int]:
