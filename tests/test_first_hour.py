@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-import pytest
 from localstack import InfluxDB, free_port
 
 from collector.influx.query import InfluxQL
@@ -18,9 +17,11 @@ from collector.settings import InfluxSettings
 from tests.support.services import REPO, Influx, command_env, unique
 
 
-def _collector(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _collector(
+    *args: str, inside: tuple[str, ...] = (), **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
+        [*inside, sys.executable, "-m", "collector", *args],
         env=command_env(**env),
         capture_output=True,
         text=True,
@@ -91,14 +92,15 @@ def test_a_query_that_cannot_reach_influxdb_names_the_setting_and_the_demo(
     from_file = _collector("query", "SHOW DATABASES", "--config", str(config))
     assert f"from {config}" in from_file.stderr
     # The issue's own case: a new shell, no setting and no config file (command_env drops
-    # every SCHOOL_* variable, SCHOOL_COLLECTOR_CONFIG too), so the default localhost:8086.
+    # every SCHOOL_* variable, SCHOOL_COLLECTOR_CONFIG too), so the default localhost:8086,
+    # in a network namespace of its own, where nothing listens there.
+    namespace = f"fh-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
-        socket.create_connection(("localhost", 8086), timeout=2).close()
-    except OSError:
-        pass  # nothing listens there, as in a new shell
-    else:
-        pytest.skip("something listens on localhost:8086, the default influx.url")
-    new_shell = _collector("query", "SHOW DATABASES")
+        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        new_shell = _collector("query", "SHOW DATABASES", inside=("ip", "netns", "exec", namespace))
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
     assert new_shell.returncode == 1
     default = (
         "cannot reach InfluxDB at http://localhost:8086 (influx.url: the default (no config "

@@ -20,8 +20,9 @@ import pytest
 from agent.contract import SPEED_RESULT_CODES, SpeedMeasurement, SpeedResult
 from agent.settings import SpeedtestSettings
 from agent.speed import SpeedTester
+from tests.bench.speed_accuracy import speed_server
 from tests.support.misbehaving import GarbageServer, MisbehavingSpeedServer
-from tests.support.services import REPO, command_env
+from tests.support.services import command_env
 from tests.support.shaped_link import SERVER_IP, LinkShape, ShapedLink
 
 TIMEOUT_S = 2.0
@@ -100,21 +101,7 @@ def test_an_unknown_host_is_a_dns_error(tmp_path: Path) -> None:
 @pytest.fixture
 def slow_link() -> Iterator[ShapedLink]:
     with ShapedLink(LinkShape(rate_mbps=20, rtt_ms=80)) as link:
-        server = link.popen_in_server(
-            [
-                sys.executable,
-                "-m",
-                "collector",
-                "speed-server",
-                "--host",
-                SERVER_IP,
-                "--port",
-                "8080",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=str(REPO),
-        )
+        server = speed_server(link, 8080, "bbr")
         link.wait_for_server_port(8080)
         yield link
         server.kill()

@@ -53,3 +53,25 @@ class ByteSeries:
         t0, t1 = self._times[i - 1], self._times[i]
         b0, b1 = self._bytes[i - 1], self._bytes[i]
         return b0 + (b1 - b0) * (moment - t0) / (t1 - t0)
+
+
+class Stretch:
+    """The samples, and where the stretch a stopping rule judges starts (its first bytes)."""
+
+    def __init__(self) -> None:
+        self._series = ByteSeries()
+        self._start: float | None = None  # start of the stretch under judgement
+
+    @property
+    def total_bytes(self) -> int:
+        return self._series.total_bytes
+
+    @property
+    def elapsed(self) -> float:
+        return self._series.elapsed
+
+    def add(self, at_s: float, total_bytes: int) -> None:
+        """Record that ``total_bytes`` had moved ``at_s`` seconds after the start."""
+        self._series.add(at_s, total_bytes)
+        if self._start is None:
+            self._start = self._series.first_bytes_at  # the stretch starts with the first bytes

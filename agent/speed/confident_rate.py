@@ -46,14 +46,14 @@ import itertools
 import math
 import statistics
 
-from agent.speed.byte_series import ByteSeries
+from agent.speed.byte_series import Stretch
 from agent.speed.stable_rate import StableRateVerdict, plan_durations
 
 BATCHES = 6
 T_975 = 2.571  # Student's t, 97.5th percentile, 5 degrees of freedom (BATCHES - 1)
 
 
-class ConfidentRate:
+class ConfidentRate(Stretch):
     counts_delivered = True  # segments delivered: a loss does not stall the count (transfer.py)
 
     def __init__(
@@ -67,11 +67,10 @@ class ConfidentRate:
     ) -> None:
         self.precision = precision
         self.rise_tolerance = rise_tolerance
+        super().__init__()
         self.min_batch_s = max(0.2, batch_rtts * rtt_s)
         self.min_stable_s, planned_max = plan_durations(rtt_s)
         self.max_duration_s = max_duration_s if max_duration_s is not None else planned_max
-        self._series = ByteSeries()
-        self._start: float | None = None  # start of the stretch under judgement
         self._ramp_end: float | None = None  # where the rate first stopped rising
         self._ramping = True
 
@@ -79,19 +78,10 @@ class ConfidentRate:
     def min_stretch_s(self) -> float:
         return BATCHES * self.min_batch_s
 
-    @property
-    def total_bytes(self) -> int:
-        return self._series.total_bytes
-
-    @property
-    def elapsed(self) -> float:
-        return self._series.elapsed
-
     def add(self, at_s: float, total_bytes: int) -> None:
-        """Record that ``total_bytes`` had moved ``at_s`` seconds after the start."""
-        self._series.add(at_s, total_bytes)
-        if self._start is None:
-            self._start = self._ramp_end = self._series.first_bytes_at
+        super().add(at_s, total_bytes)
+        if self._ramp_end is None:
+            self._ramp_end = self._start
 
     def verdict(self) -> StableRateVerdict | None:
         """The rate once it is known to within ``precision``, or None while the test goes on."""

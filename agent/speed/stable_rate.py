@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.speed.byte_series import ByteSeries
+from agent.speed.byte_series import Stretch
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def plan_durations(rtt_s: float) -> tuple[float, float]:
     return min_stable, max_duration
 
 
-class StableRate:
+class StableRate(Stretch):
     counts_delivered = False  # bytes read or acknowledged in order, as before December 2026
 
     def __init__(
@@ -57,26 +57,11 @@ class StableRate:
         min_stable_s: float | None = None,
         max_duration_s: float | None = None,
     ) -> None:
+        super().__init__()
         planned_stable, planned_max = plan_durations(rtt_s)
         self.tolerance = tolerance
         self.min_stable_s = min_stable_s if min_stable_s is not None else planned_stable
         self.max_duration_s = max_duration_s if max_duration_s is not None else planned_max
-        self._series = ByteSeries()
-        self._start: float | None = None  # start of the stretch under judgement
-
-    @property
-    def total_bytes(self) -> int:
-        return self._series.total_bytes
-
-    @property
-    def elapsed(self) -> float:
-        return self._series.elapsed
-
-    def add(self, at_s: float, total_bytes: int) -> None:
-        """Record that ``total_bytes`` had moved ``at_s`` seconds after the start."""
-        self._series.add(at_s, total_bytes)
-        if self._start is None:
-            self._start = self._series.first_bytes_at  # the stretch starts with the first bytes
 
     def verdict(self) -> StableRateVerdict | None:
         """The rate once it is stable, or None while the test should go on."""

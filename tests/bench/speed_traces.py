@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,9 +34,8 @@ from agent.speed.progress import SilentProgress  # noqa: E402
 from agent.speed.runner import StopFlag  # noqa: E402
 from agent.speed.stable_rate import StableRateVerdict  # noqa: E402
 from agent.speed.transfer import Direction, choose_connections, transfer  # noqa: E402
+from tests.bench.speed_accuracy import SPEED_PORT, speed_server  # noqa: E402
 from tests.support.shaped_link import SERVER_IP, LinkShape, ShapedLink  # noqa: E402
-
-SPEED_PORT = 8080
 
 
 class Recorder:
@@ -107,23 +105,7 @@ def record_cell(
 ) -> list[Path]:
     written = []
     with ShapedLink(shape) as link:
-        server = link.popen_in_server(
-            [
-                sys.executable,
-                "-m",
-                "collector",
-                "speed-server",
-                "--host",
-                SERVER_IP,
-                "--port",
-                str(SPEED_PORT),
-                "--congestion-control",
-                congestion,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=str(REPO),
-        )
+        server = speed_server(link, SPEED_PORT, congestion)
         try:
             link.wait_for_server_port(SPEED_PORT)
             for direction in ("download", "upload"):
