@@ -162,3 +162,24 @@ def test_a_stalled_transfer_is_never_judged() -> None:
     for tenth in range(20, 100):
         rule.add(tenth / 10, 19 * 125_000)
         assert rule.verdict() is None, f"judged a dead link at {tenth / 10} s"
+
+
+
+def test_noise_after_the_ramp_lengthens_the_stretch_instead_of_moving_it() -> None:
+    # 1 s of ramp to 100 Mbps, then a 100 ms dip to 60 Mbps every 0.8 s (a busy
+    # sender, as the 300 Mbps recordings show): the mean is 95 Mbps. A stretch
+    # that moved whenever its halves disagreed never settled on this, and ran
+    # to the time limit.
+    rule = ConfidentRate(rtt_s=0.1)
+    total, decision = 0.0, None
+    for tenth in range(1, int(rule.max_duration_s * 10)):
+        mbps = 10 * tenth if tenth <= 10 else (60 if tenth % 8 == 2 else 100)
+        total += mbps * 1e6 / 8 / 10
+        rule.add(tenth / 10, int(total))
+        if decision := rule.verdict():
+            break
+
+    assert decision is not None, "the dips never let the rule stop"
+    assert decision.stable
+    assert decision.warmup_s <= 1.5, "the stretch kept the start it had when the ramp ended"
+    assert decision.mbps == pytest.approx(95, rel=0.01)

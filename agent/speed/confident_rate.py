@@ -10,7 +10,11 @@ to the figure. This rule judges the same 100 ms samples differently:
    faster than the first by more than ``rise_tolerance`` (3 %), or slower
    (slow start overshot and is paying it back), the oldest batch is warm-up
    and is dropped. A rate that still rises or sinks is never reported as
-   stable, however steady its samples look.
+   stable, however steady its samples look. Once the halves first agree,
+   warm-up is over and the stretch's start stays put: later ups and downs
+   (BBR's probing cycle, a busy sender) lengthen the stretch, whose longer
+   batches average them out, instead of moving it. (Moving it picked the
+   calmest few seconds of a noisy transfer, and ran to the time limit.)
 2. **Batch means.** The stretch is cut into ``BATCHES`` (6) equal batches.
    Throughput samples a round trip apart are not independent (a sawtooth, a
    pacing cycle), so the interval is built on the batches' mean rates, each
@@ -19,16 +23,18 @@ to the figure. This rule judges the same 100 ms samples differently:
 3. **The confidence interval.** The mean rate of the stretch is the bytes
    moved over its time (which is also the mean of the batch means); its 95 %
    interval is ``t(0.975, BATCHES-1) * sd(batch means) / sqrt(BATCHES)``. The
-   test stops when that half-width is at most ``precision`` (2 %) of the mean.
+   test stops when the halves agree and that half-width is at most
+   ``precision`` (2 %) of the mean.
 
 A stretch is never shorter than ``BATCHES`` batches, so at least 6 round
 trips on a long link and 1.2 s on a short one. A BBR transfer on a 600 ms
 link, lossy or not, stops 6-9 s after it starts (tests/data/speed_traces).
-A noisy one runs on until its interval is narrow enough, or until its
-settled stretch is as long as the ``stable`` rule requires of its agreeing
-halves (``min_stable_s``: 2 s or 40 round trips), so it never asks more of a
-transfer than that rule did. At ``max_duration_s`` (the same limit) it
-reports the stretch it has.
+A noisy one runs on until its interval is narrow enough. Once its settled
+stretch is as long as the ``stable`` rule requires of its agreeing halves
+(``min_stable_s``: 2 s or 40 round trips), an interval within
+``long_precision`` (±5 %, the accuracy the project promises) is enough. At
+``max_duration_s`` (the ``stable`` rule's limit too) it reports the mean
+since the ramp ended.
 
 The samples are what the link delivered (``counts_delivered``, see
 transfer.py), so a lost segment does not make the count stall and leap.
@@ -61,11 +67,13 @@ class ConfidentRate(Stretch):
         rtt_s: float,
         *,
         precision: float = 0.02,
+        long_precision: float = 0.05,
         rise_tolerance: float = 0.03,
         batch_rtts: float = 1.0,
         max_duration_s: float | None = None,
     ) -> None:
         self.precision = precision
+        self.long_precision = long_precision
         self.rise_tolerance = rise_tolerance
         super().__init__()
         self.min_batch_s = max(0.2, batch_rtts * rtt_s)
@@ -73,6 +81,7 @@ class ConfidentRate(Stretch):
         self.max_duration_s = max_duration_s if max_duration_s is not None else planned_max
         self._ramp_end: float | None = None  # where the rate first stopped rising
         self._ramping = True
+        self._settled = False  # once the halves first agreed, the stretch's start stays put
 
     @property
     def min_stretch_s(self) -> float:
@@ -88,10 +97,11 @@ class ConfidentRate(Stretch):
         if not self._drop_warmup():
             return None
         mean, half_width = self.interval()
-        if mean > 0 and half_width <= self.precision * mean:
-            return self._conclude(stable=True)
+        precision = self.precision
         if self.elapsed - (self._start or 0.0) >= self.min_stable_s:
-            return self._conclude(stable=True)  # the stable rule's own test, passed: no longer
+            precision = self.long_precision  # as long as the stable rule's stretch: the bar
+        if mean > 0 and half_width <= precision * mean:
+            return self._conclude(stable=True)
         return None
 
     def final(self) -> StableRateVerdict:
@@ -134,7 +144,10 @@ class ConfidentRate(Stretch):
             rising = second > first * (1 + self.rise_tolerance)
             self._ramping = self._ramping and rising  # the first fall or settling ends the ramp
             if abs(second - first) <= self.rise_tolerance * first:
+                self._settled = True
                 return True
+            if self._settled:
+                return False  # noise after warm-up: a longer stretch averages it out
             self._start += self.min_batch_s
             if self._ramping:
                 self._ramp_end = self._start
