@@ -164,7 +164,6 @@ def test_a_stalled_transfer_is_never_judged() -> None:
         assert rule.verdict() is None, f"judged a dead link at {tenth / 10} s"
 
 
-
 def test_noise_after_the_ramp_lengthens_the_stretch_instead_of_moving_it() -> None:
     # 1 s of ramp to 100 Mbps, then a 100 ms dip to 60 Mbps every 0.8 s (a busy
     # sender, as the 300 Mbps recordings show): the mean is 95 Mbps. A stretch
