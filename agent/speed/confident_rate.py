@@ -10,11 +10,7 @@ to the figure. This rule judges the same 100 ms samples differently:
    faster than the first by more than ``rise_tolerance`` (3 %), or slower
    (slow start overshot and is paying it back), the oldest batch is warm-up
    and is dropped. A rate that still rises or sinks is never reported as
-   stable, however steady its samples look. Once the halves first agree,
-   warm-up is over and the stretch's start stays put: later ups and downs
-   (BBR's probing cycle, a busy sender) lengthen the stretch, whose longer
-   batches average them out, instead of moving it. (Moving it picked the
-   calmest few seconds of a noisy transfer, and ran to the time limit.)
+   stable, however steady its samples look.
 2. **Batch means.** The stretch is cut into ``BATCHES`` (6) equal batches.
    Throughput samples a round trip apart are not independent (a sawtooth, a
    pacing cycle), so the interval is built on the batches' mean rates, each
@@ -29,12 +25,14 @@ to the figure. This rule judges the same 100 ms samples differently:
 A stretch is never shorter than ``BATCHES`` batches, so at least 6 round
 trips on a long link and 1.2 s on a short one. A BBR transfer on a 600 ms
 link, lossy or not, stops 6-9 s after it starts (tests/data/speed_traces).
-A noisy one runs on until its interval is narrow enough. Once its settled
-stretch is as long as the ``stable`` rule requires of its agreeing halves
-(``min_stable_s``: 2 s or 40 round trips), an interval within
-``long_precision`` (±5 %, the accuracy the project promises) is enough. At
-``max_duration_s`` (the ``stable`` rule's limit too) it reports the mean
-since the ramp ended.
+A noisy one runs on until its interval is narrow enough, but not for long:
+once the halves first agreed as long ago as the ``stable`` rule's stretch
+(``min_stable_s``: 2 s or 40 round trips), it stops and reports the mean
+rate since that moment, ups and downs included. A transfer whose halves
+agree only now and then (a 300 Mbps sender that stalls every 0.8 s) used to run
+to the time limit, and moved more data than the ``stable`` rule. One that
+never settles at all runs to ``max_duration_s`` (the ``stable`` rule's limit
+too) and reports the mean since the ramp ended.
 
 The samples are what the link delivered (``counts_delivered``, see
 transfer.py), so a lost segment does not make the count stall and leap.
@@ -67,13 +65,11 @@ class ConfidentRate(Stretch):
         rtt_s: float,
         *,
         precision: float = 0.02,
-        long_precision: float = 0.05,
         rise_tolerance: float = 0.03,
         batch_rtts: float = 1.0,
         max_duration_s: float | None = None,
     ) -> None:
         self.precision = precision
-        self.long_precision = long_precision
         self.rise_tolerance = rise_tolerance
         super().__init__()
         self.min_batch_s = max(0.2, batch_rtts * rtt_s)
@@ -81,7 +77,7 @@ class ConfidentRate(Stretch):
         self.max_duration_s = max_duration_s if max_duration_s is not None else planned_max
         self._ramp_end: float | None = None  # where the rate first stopped rising
         self._ramping = True
-        self._settled = False  # once the halves first agreed, the stretch's start stays put
+        self._settled_at: float | None = None  # when the halves first agreed
 
     @property
     def min_stretch_s(self) -> float:
@@ -94,26 +90,26 @@ class ConfidentRate(Stretch):
 
     def verdict(self) -> StableRateVerdict | None:
         """The rate once it is known to within ``precision``, or None while the test goes on."""
-        if not self._drop_warmup():
+        if self._drop_warmup():
+            mean, half_width = self.interval()
+            if half_width <= self.precision * mean:
+                return self._conclude(stable=True)
+        if self._settled_at is None or self._stalled():
             return None
-        mean, half_width = self.interval()
-        precision = self.precision
-        if self.elapsed - (self._start or 0.0) >= self.min_stable_s:
-            precision = self.long_precision  # as long as the stable rule's stretch: the bar
-        if mean > 0 and half_width <= precision * mean:
-            return self._conclude(stable=True)
+        if self.elapsed - self._settled_at >= self.min_stable_s:
+            return self.final()  # settled as long ago as the stable rule's stretch: no longer
         return None
 
     def final(self) -> StableRateVerdict:
         """The best figure available now (time is up, or the budget is spent).
 
-        The rate never settled: it is the mean of everything since it first
-        stopped rising, the ups and downs included.
+        The rate never stayed settled: it is the mean of everything since it first
+        settled (or, if it never did, since it stopped rising), ups and downs included.
         """
         if self._start is None or self.elapsed <= self._start:
             return StableRateVerdict(0.0, stable=False, warmup_s=self.elapsed, measured_s=0.0)
         self._drop_warmup()
-        self._start = self._ramp_end
+        self._start = self._settled_at if self._settled_at is not None else self._ramp_end
         return self._conclude(stable=False)
 
     def interval(self) -> tuple[float, float]:
@@ -144,14 +140,17 @@ class ConfidentRate(Stretch):
             rising = second > first * (1 + self.rise_tolerance)
             self._ramping = self._ramping and rising  # the first fall or settling ends the ramp
             if abs(second - first) <= self.rise_tolerance * first:
-                self._settled = True
+                if self._settled_at is None:
+                    self._settled_at = self._start
                 return True
-            if self._settled:
-                return False  # noise after warm-up: a longer stretch averages it out
             self._start += self.min_batch_s
             if self._ramping:
                 self._ramp_end = self._start
         return False
+
+    def _stalled(self) -> bool:
+        """Nothing moved over the last batch: a stall is no rate (the transfer's timeout)."""
+        return self._series.rate(self.elapsed - self.min_batch_s, self.elapsed) <= 0
 
     def _conclude(self, *, stable: bool) -> StableRateVerdict:
         assert self._start is not None  # noqa: S101 - callers check

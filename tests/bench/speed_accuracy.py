@@ -8,15 +8,20 @@ namespaces (tests/support/shaped_link.py: tc tbf for the rate both ways, a
 user-space delay line for delay and loss), its round trip is verified, and
 then, in the same run:
 
-- the reference: iperf3, a long bulk transfer with the warm-up omitted
-  (``-O``), download (``-R``) and upload, twice: cubic with 64 parallel
-  streams and BBR with 16. Each is a transfer the link carried, so the link
-  carries at least the larger, and that is the reference. Each alone reads low
-  somewhere: 16 BBR streams pause together for about a second every 12 s on a
-  600 ms round trip (ProbeRTT), so they read 8 % under the link; cubic backs
-  off on every loss, and on a lossy satellite link even 16 streams read a
-  quarter under it. The link's own goodput (its rate times 1448/1514, the TCP
-  payload of a full frame, less the loss) is printed beside it as a check;
+- the reference: iperf3, download (``-R``) and upload, three times: a long
+  TCP bulk transfer with the warm-up omitted (``-O``), with cubic and 64
+  parallel streams and with BBR and 16; and a UDP stream sent 3 % faster
+  than the link, counted where it arrives, in TCP payload terms (times
+  1448/1472: a full frame holds 1472 bytes of UDP payload, 1448 of TCP with
+  timestamps). Each is a transfer the link carried, so the link carries at
+  least the largest, and that is the reference. Each TCP run alone reads low
+  somewhere: 16 BBR streams pause together for about a second every 10 s on
+  a 600 ms round trip (ProbeRTT), so they read 8 % under the link; cubic
+  backs off on every loss, and on a lossy satellite link even 64 streams read
+  nearly half under it. No congestion control slows the UDP stream, but a
+  busy delay line drops more of it than of TCP's paced flows at 300 Mbps.
+  The link's own goodput (its rate times 1448/1514, the TCP payload of a full
+  frame, less the loss) is printed beside it as a check;
 - the agent, ``school-agent speedtest --json`` against the project's speed
   server, with each method: ``confidence`` (the default), ``stable`` (the
   default before December 2026, with the system's congestion control on both
@@ -52,7 +57,8 @@ sys.path.insert(0, str(REPO / "deploy"))  # localstack, as pytest's pythonpath g
 from tests.support.shaped_link import SERVER_IP, LinkShape, ShapedLink  # noqa: E402
 
 SPEED_PORT, BBR_SPEED_PORT, IPERF_PORT = 8080, 8081, 5201
-REFERENCES = {"cubic": 64, "bbr": 16}  # congestion control: parallel streams
+REFERENCES = {"cubic": 64, "bbr": 16, "udp": 1}  # TCP congestion control or UDP: streams
+UDP_PAYLOAD = 1472  # bytes of UDP payload in a full Ethernet frame (TCP's: 1448)
 METHODS = ("confidence", "stable", "speedtest-cli")
 NEW, TODAY = "confidence", "stable"
 FRAME_PAYLOAD = 1448 / 1514  # TCP payload (timestamps on) of a full Ethernet frame
@@ -108,12 +114,14 @@ class ReferenceFailed(Exception):
 
 
 def run_reference(link: ShapedLink, direction: str, congestion: str) -> float:
-    """Mbps with the reference's streams, or as many as the link lets iperf3 set up.
+    """Mbps of TCP payload with the reference's streams, or as many as iperf3 can set up.
 
     64 cubic streams on a 5 Mbps satellite link flood its buffer while they
     start, and iperf3's control connection gives up ("control socket has closed
     unexpectedly"): there, half as many, and so on down to 16.
     """
+    if congestion == "udp":
+        return _iperf3_udp(link, direction)
     streams = REFERENCES[congestion]
     while True:
         try:
@@ -148,6 +156,25 @@ def _iperf3(link: ShapedLink, direction: str, congestion: str, streams: int) -> 
     if "sum_received" not in report.get("end", {}):
         raise ReferenceFailed(f"iperf3 -C {congestion} -P {streams}: {report.get('error')}")
     return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def _iperf3_udp(link: ShapedLink, direction: str) -> float:
+    """What the link delivers of a UDP stream sent a little faster than it, as TCP payload."""
+    _, measured = reference_durations(link.shape)
+    send_mbps = link.shape.rate_mbps * UDP_PAYLOAD / 1514 * 1.03
+    argv = ["iperf3", "-c", SERVER_IP, "-p", str(IPERF_PORT), "-u", "-b", f"{send_mbps:.3f}M"]
+    argv += ["-l", str(UDP_PAYLOAD), "-t", str(measured), "-J"]
+    if direction == "download":
+        argv.append("-R")
+    report = json.loads(link.run_in_client(argv, timeout=measured + 120))
+    end = report.get("end", {})
+    if "sum_received" not in end:
+        raise ReferenceFailed(f"iperf3 -u: {report.get('error')}")
+    # The receiver's clock runs on for the last datagram's trip (and the sender's, in
+    # a download, for its queue): the stream lasted the shorter of the two.
+    seconds = min(float(end["sum_sent"]["seconds"]), float(end["sum_received"]["seconds"]))
+    received = float(end["sum_received"]["bytes"])
+    return received * 8 / seconds / 1e6 * 1448 / UDP_PAYLOAD
 
 
 def run_agent(link: ShapedLink, method: str) -> dict[str, Any]:
