@@ -27,12 +27,12 @@ trips on a long link and 1.2 s on a short one. A BBR transfer on a 600 ms
 link, lossy or not, stops 6-9 s after it starts (tests/data/speed_traces).
 A noisy one runs on until its interval is narrow enough, but not for long:
 once the halves first agreed as long ago as the ``stable`` rule's stretch
-(``min_stable_s``: 2 s or 40 round trips), it stops and reports the mean
-rate since that moment, ups and downs included. A transfer whose halves
+(``min_stable_s``: 2 s or 40 round trips), it stops and reports the median
+of its round trips' rates since that moment (``final``). A transfer whose halves
 agree only now and then (a 300 Mbps sender that stalls every 0.8 s) used to run
 to the time limit, and moved more data than the ``stable`` rule. One that
 never settles at all runs to ``max_duration_s`` (the ``stable`` rule's limit
-too) and reports the mean since the ramp ended.
+too) and reports the same median since the ramp ended.
 
 The samples are what the link delivered (``counts_delivered``, see
 transfer.py), so a lost segment does not make the count stall and leap.
@@ -103,14 +103,27 @@ class ConfidentRate(Stretch):
     def final(self) -> StableRateVerdict:
         """The best figure available now (time is up, or the budget is spent).
 
-        The rate never stayed settled: it is the mean of everything since it first
-        settled (or, if it never did, since it stopped rising), ups and downs included.
+        The rate never stayed settled. Since it first settled (or, if it never
+        did, since it stopped rising), the transfer is cut into batches of a
+        round trip, and the figure is the median of their rates: what the link
+        carried in a typical round trip. A mean would count the sender's own
+        pauses against the link: BBR's connections all pause for about a second
+        every 10 s (ProbeRTT), 8 % of a long run on a 600 ms link.
         """
         if self._start is None or self.elapsed <= self._start:
             return StableRateVerdict(0.0, stable=False, warmup_s=self.elapsed, measured_s=0.0)
         self._drop_warmup()
-        self._start = self._settled_at if self._settled_at is not None else self._ramp_end
-        return self._conclude(stable=False)
+        start = self._settled_at if self._settled_at is not None else self._ramp_end
+        assert start is not None  # noqa: S101 - set with the first bytes
+        count = max(1, int((self.elapsed - start) / self.min_batch_s))
+        edges = [start + i * (self.elapsed - start) / count for i in range(count + 1)]
+        rates = [self._series.rate(a, b) for a, b in itertools.pairwise(edges)]
+        return StableRateVerdict(
+            mbps=statistics.median(rates) * 8 / 1e6,
+            stable=False,
+            warmup_s=start,
+            measured_s=self.elapsed - start,
+        )
 
     def interval(self) -> tuple[float, float]:
         """(mean bytes/s of the stretch, half-width of its 95 % interval, bytes/s)."""
