@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -16,8 +17,12 @@ RECIPE = REPO / "deploy" / "speed-server"
 ALLOWED = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
 
 
-@pytest.fixture
-def nginx_speed_server(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def _recipe_served(tmp_path: Path, changes: dict[str, str] | None = None) -> Iterator[str]:
+    """The recipe under a real nginx on loopback, with ``changes`` made to its text.
+
+    nginx logs each request's method, status and length to access.log.
+    """
     nginx = find("nginx")
     assert nginx, "nginx is installed by deploy/setup.sh --dev"
     root = tmp_path / "www"
@@ -26,10 +31,14 @@ def nginx_speed_server(tmp_path: Path) -> Iterator[str]:
     )
     port = free_port()
     site = (RECIPE / "speedtest.nginx.conf").read_text()
-    site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
-    site = site.replace("root /var/www/speedtest;", f"root {root};")
-    assert str(root) in site, "the recipe's root line changed"
-    assert str(port) in site, "the recipe's listen line changed"
+    for old, new in {
+        "listen 8080;": f"listen 127.0.0.1:{port};",
+        "root /var/www/speedtest;": f"root {root};",
+        "access_log off;": f"access_log {tmp_path}/access.log sizes;",
+        **(changes or {}),
+    }.items():
+        assert old in site, f"the recipe no longer has {old!r}"
+        site = site.replace(old, new)
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         f"""daemon off;
@@ -44,6 +53,7 @@ http {{
     fastcgi_temp_path {tmp_path}/fastcgi;
     uwsgi_temp_path {tmp_path}/uwsgi;
     scgi_temp_path {tmp_path}/scgi;
+    log_format sizes '$request_method $status $http_content_length';
     include {tmp_path}/site.conf;
 }}
 """
@@ -55,6 +65,19 @@ http {{
     process.wait_until(lambda: port_open(port), "listening")
     yield f"http://127.0.0.1:{port}"
     process.stop()
+
+
+@pytest.fixture
+def nginx_speed_server(tmp_path: Path) -> Iterator[str]:
+    with _recipe_served(tmp_path) as url:
+        yield url
+
+
+def _uploads(tmp_path: Path) -> list[tuple[int, int]]:
+    """(status, MiB of body announced) of every upload nginx logged."""
+    lines = (tmp_path / "access.log").read_text().split("\n")
+    fields = [line.split() for line in lines if line.startswith("POST ")]
+    return [(int(status), int(length) // 2**20) for _, status, length in fields]
 
 
 def test_agent_measures_against_the_nginx_recipe(nginx_speed_server: str) -> None:
@@ -125,3 +148,38 @@ def test_the_sysctl_recipe_makes_nginx_send_downloads_with_bbr(tmp_path: Path) -
         ALLOWED.write_text(" ".join(allowed))
     assert " bbr " in f" {listed} ", listed
     assert "cubic" not in listed
+
+
+def test_upload_bodies_double_from_4_to_64_mb_on_each_connection(
+    nginx_speed_server: str, tmp_path: Path
+) -> None:
+    """Each POST is followed by a round trip with nothing sent: larger bodies, fewer pauses."""
+    result = run_agent(
+        "speedtest", "--json", env={"SCHOOL_AGENT_SPEEDTEST__SERVER_URL": nginx_speed_server}
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    uploads = _uploads(tmp_path)
+    assert {status for status, _ in uploads} == {200}, uploads
+    sizes = [mib for _, mib in uploads]
+    assert set(sizes) <= {4, 8, 16, 32, 64}, sizes
+    assert sizes.count(4) >= sizes.count(8) >= sizes.count(16) >= 1, sizes
+    assert 64 in sizes, sizes  # loopback is fast enough to reach the limit
+
+
+def test_a_server_that_refuses_larger_bodies_keeps_them_at_the_largest_it_took(
+    tmp_path: Path,
+) -> None:
+    with _recipe_served(tmp_path, {"client_max_body_size 64m;": "client_max_body_size 8m;"}) as url:
+        result = run_agent("speedtest", "--json", env={"SCHOOL_AGENT_SPEEDTEST__SERVER_URL": url})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    measured = json.loads(result.stdout)
+    assert measured["result"] == "success"
+    assert measured["upload_mbps"] > 20
+    uploads = _uploads(tmp_path)
+    refused = [mib for status, mib in uploads if status == 413]
+    taken = [mib for status, mib in uploads if status == 200]
+    assert 1 <= len(refused) <= 8, uploads  # at most once per connection
+    assert set(taken) <= {4, 8}, uploads
+    assert taken.count(8) > len(refused), uploads  # and went on at 8 MB after

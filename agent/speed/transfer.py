@@ -1,8 +1,13 @@
 """One direction of a speed test: several persistent connections, sampled every 100 ms.
 
 Each connection is an HTTP/1.1 keep-alive stream that downloads
-``random4000x4000.jpg`` (or uploads 4 MB bodies) again and again, so TCP
-warms up once per connection instead of once per file as with speedtest-cli.
+``random4000x4000.jpg`` (or uploads bodies) again and again, so TCP warms up
+once per connection instead of once per file as with speedtest-cli.
+An upload connection's bodies double from 4 MB to 64 MB: after each body it
+waits a round trip for the server's answer, sending nothing, and at 300 Mbps
+on a 600 ms link 4 MB bodies kept each connection idle a quarter of the time
+(the test read 81-91 % of the link). A server that refuses the larger bodies
+(HTTP 413, or hanging up on them) keeps the connection at the largest it took.
 Downloads count the bytes read; uploads count the bytes the server's TCP
 acknowledged (``tcpi_bytes_acked``), not the bytes handed to the kernel,
 which would run ahead by a socket buffer. :class:`StableRate` decides when
@@ -28,7 +33,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -40,7 +45,8 @@ from agent.speed.progress import Progress
 from agent.speed.stable_rate import StableRate, StableRateVerdict
 
 SAMPLE_EVERY_S = 0.1
-UPLOAD_BODY_BYTES = 4 * 1024 * 1024
+UPLOAD_BODY_BYTES = 4 * 1024 * 1024  # an upload connection's first body; the random block
+MAX_UPLOAD_BODY_BYTES = 64 * 1024 * 1024  # the speed server's limit, and the nginx recipe's
 _READ_CHUNK = 64 * 1024
 # Offsets in Linux's struct tcp_info (include/uapi/linux/tcp.h).
 _TCP_INFO_SND_MSS = 16
@@ -49,7 +55,7 @@ _TCP_INFO_BYTES_ACKED = 120  # u64, Linux 4.1+
 _TCP_INFO_DATA_SEGS_IN = 152  # u32, Linux 4.6+
 _TCP_INFO_DELIVERED = 192  # u32, Linux 4.18+
 _TCP_INFO_LENGTH = 256
-# A stream's own socket timeout only guards against a dead peer: one 4 MB upload
+# A stream's own socket timeout only guards against a dead peer: one upload body
 # on a slow share of a link may take longer than the test's timeout to be answered.
 # Stalls are caught for the transfer as a whole (nothing moved for timeout_s).
 STREAM_SOCKET_TIMEOUT_S = 120.0
@@ -207,6 +213,9 @@ class _Stream(threading.Thread):
         self._acked = _SocketCount(bytes_acked)  # uploads
         upload = direction is Direction.UPLOAD
         self._delivered = _SocketCount(delivered_out if upload else delivered_in)
+        self._body_bytes = UPLOAD_BODY_BYTES  # the next upload body's size
+        self._largest_body = MAX_UPLOAD_BODY_BYTES  # lowered when the server refuses one
+        self._accepted = 0  # the largest body the server answered 200
         self.error: SpeedTestFailed | None = None
 
     def _socket(self) -> socket.socket | None:
@@ -241,11 +250,7 @@ class _Stream(threading.Thread):
         doing = f"{self._direction.value} from {self._endpoint.directory}"
         try:
             connection = self._endpoint.connection(STREAM_SOCKET_TIMEOUT_S)
-            connection.connect()
-            if connection.sock is not None:  # the agent sends uploads: its choice governs them
-                self.congestion = congestion.choose(connection.sock, self._congestion_control)
-            with self._lock:
-                self._connection = connection
+            self._connect(connection)
             while not self._stopped.is_set() and not self._allowance.spent:
                 if self._direction is Direction.DOWNLOAD:
                     self._download_once(connection)
@@ -263,6 +268,13 @@ class _Stream(threading.Thread):
             with self._lock:
                 if self._connection is not None:
                     self._connection.close()
+
+    def _connect(self, connection: http.client.HTTPConnection) -> None:
+        connection.connect()
+        if connection.sock is not None:  # the agent sends uploads: its choice governs them
+            self.congestion = congestion.choose(connection.sock, self._congestion_control)
+        with self._lock:
+            self._connection = connection
 
     def _download_once(self, connection: http.client.HTTPConnection) -> None:
         connection.request("GET", f"{self._endpoint.download_path}?x={time.time_ns()}")
@@ -286,22 +298,49 @@ class _Stream(threading.Thread):
             self._done += read
 
     def _upload_once(self, connection: http.client.HTTPConnection) -> None:
-        size = self._allowance.take(UPLOAD_BODY_BYTES)
-        if not size:
-            return
-        connection.request(
-            "POST",
-            f"{self._endpoint.upload_path}?x={time.time_ns()}",
-            body=self._body[:size],
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        reply = connection.getresponse()
-        reply.read()
-        if reply.status != 200:
+        size = self._body_bytes
+        status: int | None = None  # None: the server hung up on the body
+        reason = "no answer"
+        try:
+            connection.request(
+                "POST",
+                f"{self._endpoint.upload_path}?x={time.time_ns()}",
+                body=self._upload_body(size),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
+            reply = connection.getresponse()
+            reply.read()
+            status, reason = reply.status, reply.reason
+        except (OSError, http.client.HTTPException):
+            if self._stopped.is_set() or not self._accepted or size <= self._accepted:
+                raise
+        if status == 200:
+            self._accepted = max(self._accepted, size)
+            self._body_bytes = min(size * 2, self._largest_body)
+        elif self._accepted and size > self._accepted and status in (None, 413):
+            # The server's limit lies between: stay at the largest body it took.
+            self._largest_body = self._body_bytes = self._accepted
+            connection.close()
+            self._connect(connection)
+        else:
             raise SpeedTestFailed(
                 SpeedResult.HTTP_ERROR,
-                f"upload to {self._endpoint.directory}: HTTP {reply.status} {reply.reason}",
+                f"upload to {self._endpoint.directory}: HTTP {status} {reason}",
             )
+
+    def _upload_body(self, size: int) -> Iterator[memoryview]:
+        """``size`` bytes of the random block repeated, each piece taken from the allowance.
+
+        Where the allowance runs out the body stops short; the server then waits
+        for the rest until the transfer, its data spent, stops the stream.
+        """
+        left = size
+        while left > 0 and not self._stopped.is_set():
+            granted = self._allowance.take(min(left, len(self._body)))
+            if not granted:
+                return
+            yield self._body[:granted]
+            left -= granted
 
 
 def transfer(
