@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -19,7 +20,7 @@ from agent.settings import SpeedtestSettings
 from agent.speed import SilentProgress, SpeedTester
 from agent.speed.endpoint import Endpoint
 from agent.speed.runner import StopFlag, self_hosted_base
-from agent.speed.transfer import Direction, transfer
+from agent.speed.transfer import Direction, Reading, SocketCount, transfer
 from collector.speed_server import SpeedServer
 from tests.support.misbehaving import FixedReplyServer, StallingServer
 from tests.support.services import command_env, run_agent, wait_for
@@ -262,3 +263,22 @@ def test_one_connection_downloads_file_after_file(speed_server: SpeedServer) -> 
         max_bytes=100_000_000,  # three files and more: only a reused connection gets there
     )
     assert result.bytes_moved == 100_000_000
+
+
+def test_a_segment_count_in_bytes_never_falls_when_the_segment_size_estimate_shrinks() -> None:
+    """The kernel's receive segment size shrinks mid-connection (two shorter segments in a
+    row); 1000 segments times the new size once read below 900 times the old, and a
+    13 Gbps loopback download reported -2787 Mbps. Each segment counts at its own size."""
+    readings: list[Reading] = [(900, 65483), (1000, 32768), (1100, 65483), None]
+    count = SocketCount(lambda _sock: readings.pop(0))
+    first, second = socket.socketpair()
+    with first, second:
+        totals = [count.update(first) for _ in range(4)]
+        assert totals == [
+            900 * 65483,
+            900 * 65483 + 100 * 32768,
+            900 * 65483 + 100 * 32768 + 100 * 65483,
+            900 * 65483 + 100 * 32768 + 100 * 65483,  # no reading: the count holds
+        ]
+        readings.append((10, 1000))
+        assert count.update(second) == totals[-1] + 10 * 1000, "a new socket counts from 0"
