@@ -122,18 +122,20 @@ def run_reference(link: ShapedLink, direction: str, congestion: str) -> float:
     unexpectedly"): there, half as many, and so on down to 16.
 
     A UDP stream starts with one datagram each way (iperf3 3.12 sends each once;
-    later versions repeat them), and on a lossy link either may be lost: iperf3
-    gives up waiting ("unable to read from stream
-    socket: Resource temporarily unavailable"), about once in a full grid. It is
-    tried again, up to ``UDP_ATTEMPTS`` times.
+    later versions repeat them), and on a lossy link either may be lost, the
+    likely reason iperf3 gave up waiting ("unable to read from stream socket:
+    Resource temporarily unavailable") twice in the full grid of 3 December 2026,
+    in two lossy cells that each passed when run again. It is tried again, up to
+    ``UDP_ATTEMPTS`` times.
     """
     if congestion == "udp":
         for attempt in range(1, UDP_ATTEMPTS + 1):
             try:
                 return _iperf3_udp(link, direction)
-            except ReferenceFailed:
+            except ReferenceFailed as failed:
                 if attempt == UDP_ATTEMPTS:
                     raise
+                print(f"({failed}: trying again)", end=" ", flush=True)
                 wait_until_quiet(link)
     streams = REFERENCES[congestion]
     while True:
@@ -182,7 +184,7 @@ def _iperf3_udp(link: ShapedLink, direction: str) -> float:
     report = json.loads(link.run_in_client(argv, timeout=measured + 120))
     end = report.get("end", {})
     if "sum_received" not in end:
-        raise ReferenceFailed(f"iperf3 -u: {report.get('error')}")
+        raise ReferenceFailed(f"iperf3 -u ({direction}): {report.get('error')}")
     # The receiver's clock runs on for the last datagram's trip (and the sender's, in
     # a download, for its queue): the stream lasted the shorter of the two.
     seconds = min(float(end["sum_sent"]["seconds"]), float(end["sum_received"]["seconds"]))
